@@ -1,0 +1,8 @@
+//! Legacy and platform devices: serial port, i8042, boot timer, ACPI power management and the
+//! generic event device (power button).
+
+pub mod acpi_pm;
+pub mod boot_timer;
+pub mod ged;
+pub mod i8042;
+pub mod serial;
