@@ -1,1 +1,4 @@
-//! Placeholder.
+//! x86_64 machine setup for tinyvmm: guest physical layout, guest memory, kernel loading and
+//! boot parameters, vCPU boot state, CPUID, MP table, ACPI tables.
+
+pub mod acpi;

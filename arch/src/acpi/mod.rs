@@ -1,0 +1,1 @@
+//! ACPI tables (owned by the ACPI engineer).
