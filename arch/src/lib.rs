@@ -2,3 +2,9 @@
 //! boot parameters, vCPU boot state, CPUID, MP table, ACPI tables.
 
 pub mod acpi;
+pub mod boot;
+pub mod cpuid;
+pub mod layout;
+pub mod memory;
+pub mod mptable;
+pub mod vcpu;
