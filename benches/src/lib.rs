@@ -5,6 +5,8 @@
 //! state the VMM sets up for the Linux boot protocol. They are built with the system `as` and
 //! `ld` (binutils) at test time into a directory the caller owns.
 
+pub mod measure;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,6 +18,7 @@ pub const GUESTS: &[&str] = &[
     "triple_fault",
     "boot_timer",
     "spin",
+    "pvh_poweroff",
 ];
 
 /// Errors assembling a guest.
@@ -44,10 +47,21 @@ pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, GuestBuildErro
     run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src))?;
     run(Command::new("ld")
         .args(["-nostdlib", "-static", "--build-id=none", "-z", "noexecstack"])
-        .args(["-Ttext=0x100000", "-e", "_start", "-o"])
+        .arg("-T")
+        .arg(src.with_file_name("guest.ld"))
+        .args(["-e", entry_symbol(name), "-o"])
         .arg(&elf)
         .arg(&obj))?;
     Ok(elf)
+}
+
+/// PVH guests start in 32-bit code at `_start32`; the others at `_start`.
+fn entry_symbol(name: &str) -> &'static str {
+    if name.starts_with("pvh_") {
+        "_start32"
+    } else {
+        "_start"
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<(), GuestBuildError> {
