@@ -1,0 +1,1 @@
+//! Transport tests: register reads, status state machine, queue setup, reset.

@@ -1,0 +1,1 @@
+//! virtio-rng tests driven through MockSplitQueue.
