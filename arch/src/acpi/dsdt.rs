@@ -23,12 +23,7 @@ use acpi_tables::Aml;
 
 use super::{to_bytes, AcpiConfig, VirtioMmioDesc, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 
-// Mirrors of `crate::layout` until that module is public; same names and values.
-const GED_ADDR: u64 = 0xD000_1000;
-const GED_SIZE: u64 = 0x1000;
-const GED_GSI: u32 = 5;
-const SERIAL_GSI: u32 = 4;
-const I8042_GSI: u32 = 1;
+use crate::layout::{GED_ADDR, GED_GSI, GED_SIZE, I8042_GSI, SERIAL_GSI};
 
 /// DSDT revision 2: AML integers are 64 bits wide.
 const DSDT_REVISION: u8 = 2;

@@ -17,11 +17,7 @@ mod tests;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-// Mirrors of `crate::layout` until that module is public; same names and values.
-const ACPI_RSDP_ADDR: u64 = 0xE0000;
-const ACPI_TABLES_END: u64 = 0x10_0000;
-const IOAPIC_PINS: u32 = 24;
-const MAX_VIRTIO_DEVICES: usize = 14;
+use crate::layout::{ACPI_RSDP_ADDR, ACPI_TABLES_END, IOAPIC_PINS, MAX_VIRTIO_DEVICES};
 
 /// OEM ID written into every table header.
 pub const OEM_ID: [u8; 6] = *b"TINYVM";

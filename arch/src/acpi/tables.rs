@@ -9,10 +9,7 @@ use acpi_tables::xsdt::XSDT;
 
 use super::{to_bytes, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 
-// Mirrors of `crate::layout` until that module is public; same names and values.
-const ACPI_PM_PORT: u16 = 0x3c0;
-const IOAPIC_ADDR: u64 = 0xFEC0_0000;
-const LAPIC_ADDR: u64 = 0xFEE0_0000;
+use crate::layout::{ACPI_PM_PORT, IOAPIC_ADDR, LAPIC_ADDR};
 
 /// Size of an ACPI 2.0+ RSDP.
 pub(super) const RSDP_LEN: usize = 36;
