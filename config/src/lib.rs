@@ -1,1 +1,24 @@
-//! Placeholder.
+//! vmconfig: the VM config file (`vmN.json`) shared by tinyvmm, netctl and storage.
+//!
+//! - [`types`]: serde types ([`VmConfig`] and friends), `deny_unknown_fields` everywhere.
+//! - [`parse`](parse()) / [`load`]: text or file -> validated config; every error names the JSON path
+//!   and the line:column of the offending value.
+//! - [`validate`](validate()) / [`validate_with`]: the one cross-field check, returning every
+//!   problem; [`Checks::NO_FILES`] skips file-system checks for tools that run elsewhere.
+//! - [`lock`]: the run lock that says whether a VM is running.
+
+pub mod error;
+pub mod lock;
+pub mod parse;
+pub mod position;
+pub mod types;
+pub mod validate;
+
+pub use error::{ConfigError, Problem};
+pub use lock::{default_run_dir, is_running, LockError, RunLock};
+pub use parse::{deserialize, load, load_with, parse, parse_unchecked, parse_with};
+pub use types::{
+    Ipv4Cidr, KernelConfig, MacAddr, MmioDiscovery, NetConfig, SerialConfig, ShareConfig,
+    StorageConfig, VmConfig, DEFAULT_CMDLINE,
+};
+pub use validate::{validate, validate_with, Checks};
