@@ -4,8 +4,8 @@
 //! Name (\_S5_, Package { 5, 0, 0, 0 })      // SLP_TYP of soft-off, see devices::legacy::acpi_pm
 //! Scope (\_SB_) {
 //!   Device (PWRB) { _HID PNP0C0C }         // power button, target of the GED's Notify
-//!   Device (GED_) { _HID ACPI0013, _CRS { Memory32Fixed GED block, Interrupt GSI 5 },
-//!                   OperationRegion + Field GDAT (the event byte),
+//!   Device (GED_) { _HID ACPI0013, _CRS { Interrupt GSI 5 },
+//!                   OperationRegion (GED block) + Field GDAT (the event byte),
 //!                   Method (_EVT, 1) { if (GDAT & 1) Notify (\_SB_.PWRB, 0x80) } }
 //!   Device (COM1) { _HID PNP0501, IO 0x3f8/8, IRQ 4 }          // only with a serial port
 //!   Device (KBD_) { _HID PNP0303, IO 0x60, IO 0x64, IRQ 1 }
@@ -23,7 +23,7 @@ use acpi_tables::Aml;
 
 use super::{to_bytes, AcpiConfig, VirtioMmioDesc, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 
-use crate::layout::{GED_ADDR, GED_GSI, GED_SIZE, I8042_GSI, SERIAL_GSI};
+use crate::layout::{GED_ADDR, GED_GSI, I8042_GSI, SERIAL_GSI};
 
 /// DSDT revision 2: AML integers are 64 bits wide.
 const DSDT_REVISION: u8 = 2;
@@ -81,14 +81,11 @@ fn power_button() -> Vec<u8> {
 fn generic_event_device() -> Vec<u8> {
     let hid = Name::new(Path::new("_HID"), &"ACPI0013");
     let uid = Name::new(Path::new("_UID"), &aml::ZERO);
-    // The guest never touches the block through _CRS; listing it tells the OS the range is
-    // taken. The GSI in _CRS is what the OS's GED driver binds `_EVT` to.
-    let block = Memory32Fixed::new(true, GED_ADDR as u32, GED_SIZE as u32);
+    // Only the interrupt goes in _CRS: Linux's GED driver (drivers/acpi/evged.c) fails its
+    // probe on any non-interrupt resource there. The register block is reached through the
+    // OperationRegion below instead.
     let irq = Interrupt::new(true, true, false, false, GED_GSI);
-    let crs = Name::new(
-        Path::new("_CRS"),
-        &ResourceTemplate::new(vec![&block, &irq]),
-    );
+    let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&irq]));
     let region = OpRegion::new(
         Path::new("GDST"),
         OpRegionSpace::SystemMemory,

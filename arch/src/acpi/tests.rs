@@ -262,8 +262,24 @@ fn dsdt_when_created_then_has_s5_power_button_and_ged() {
     ] {
         assert!(contains(&dsdt, name), "{}", String::from_utf8_lossy(name));
     }
-    assert!(contains(&dsdt, &memory32_fixed(GED_ADDR, layout::GED_SIZE)));
     assert!(contains(&dsdt, &interrupt(layout::GED_GSI)));
+    // Linux's GED driver rejects any non-interrupt resource in the GED's _CRS.
+    let mut ged_crs = vec![0x08, b'_', b'C', b'R', b'S', 0x11, 0x0e, 0x0a, 0x0b];
+    ged_crs.extend(interrupt(layout::GED_GSI));
+    ged_crs.extend([0x79, 0x00]);
+    assert!(
+        contains(&dsdt, &ged_crs),
+        "GED _CRS holds exactly one interrupt"
+    );
+    assert!(!contains(
+        &dsdt,
+        &memory32_fixed(GED_ADDR, layout::GED_SIZE)
+    ));
+    // OperationRegion (GDST, SystemMemory, GED_ADDR, 1).
+    let mut region = vec![0x5b, 0x80, b'G', b'D', b'S', b'T', 0x00, 0x0c];
+    region.extend((GED_ADDR as u32).to_le_bytes());
+    region.push(0x01);
+    assert!(contains(&dsdt, &region));
     // _S5_ package: PackageOp, length, 4 elements, BytePrefix 5.
     assert!(contains(
         &dsdt,
