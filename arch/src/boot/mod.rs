@@ -5,8 +5,17 @@ use std::path::{Path, PathBuf};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 mod e820;
+mod kernel;
+pub mod params;
+#[cfg(test)]
+mod tests;
 
 pub use e820::{e820_map, E820Entry, E820_RAM, E820_RESERVED};
+pub use kernel::place_initrd;
+
+use crate::layout::{PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START};
+use params::BootInfo;
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -85,10 +94,10 @@ pub enum BootError {
     },
     #[error("kernel command line is {len} bytes, the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("invalid kernel command line")]
-    CmdlineInvalid(#[source] linux_loader::cmdline::Error),
-    #[error("writing the kernel command line")]
-    CmdlineWrite(#[source] linux_loader::loader::Error),
+    #[error("kernel command line contains a NUL byte at offset {0}")]
+    CmdlineNul(usize),
+    #[error("kernel {path} is a bzImage without a 64-bit entry point (xloadflags bit 0)")]
+    KernelNot64Bit { path: PathBuf },
     #[error("guest memory has too many regions for the boot memory map ({0})")]
     TooManyMemoryRegions(usize),
     #[error("writing {what} to guest memory")]
@@ -104,6 +113,70 @@ pub enum BootError {
 /// Loads the kernel, initrd and command line, writes the zero page (or PVH start info) and the
 /// MP table, and says where the boot vCPU starts.
 pub fn load_and_configure(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootEntry, BootError> {
-    let _ = (mem, spec);
-    Err(BootError::CmdlineTooLong { len: 0, max: 0 })
+    let kernel = kernel::load_kernel(mem, spec.kernel)?;
+    let initrd = spec
+        .initrd
+        .map(|path| kernel::load_initrd(mem, path, &kernel))
+        .transpose()?;
+    let cmdline = kernel::load_cmdline(mem, spec.cmdline, kernel.header.as_ref())?;
+    crate::mptable::setup_mptable(mem, spec.num_cpus).map_err(BootError::Mptable)?;
+
+    let regions: Vec<_> = mem.iter().map(|r| (r.start_addr(), r.len())).collect();
+    let e820 = e820_map(&regions);
+    let info = BootInfo {
+        cmdline,
+        initrd,
+        rsdp: spec.rsdp,
+        e820: &e820,
+    };
+    let params_addr = match kernel.protocol {
+        BootProtocol::Linux64 => write_zero_page(mem, &kernel, &info)?,
+        BootProtocol::Pvh => write_pvh_start_info(mem, &info)?,
+    };
+    log::debug!(
+        "kernel {} entry {:#x} ({:?}), params at {:#x}, initrd {:?}",
+        spec.kernel.display(),
+        kernel.entry.0,
+        kernel.protocol,
+        params_addr.0,
+        initrd
+    );
+    Ok(BootEntry {
+        entry: kernel.entry,
+        protocol: kernel.protocol,
+        params_addr,
+    })
+}
+
+fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    kernel: &kernel::LoadedKernel,
+    info: &BootInfo,
+) -> Result<GuestAddress, BootError> {
+    let zero_page = params::build_boot_params(kernel.header, info)?;
+    let addr = GuestAddress(ZERO_PAGE_START);
+    mem.write_obj(zero_page, addr)
+        .map_err(|source| BootError::WriteBootParams {
+            what: "zero page",
+            source,
+        })?;
+    Ok(addr)
+}
+
+fn write_pvh_start_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<GuestAddress, BootError> {
+    let (start_info, memmap, module) = params::build_pvh_start_info(info)?;
+    let write_error = |what| move |source| BootError::WriteBootParams { what, source };
+    for (i, entry) in memmap.into_iter().enumerate() {
+        let addr = PVH_MEMMAP_START + (i * std::mem::size_of_val(&entry)) as u64;
+        mem.write_obj(entry, GuestAddress(addr))
+            .map_err(write_error("PVH memory map"))?;
+    }
+    if let Some(module) = module {
+        mem.write_obj(module, GuestAddress(PVH_MODLIST_START))
+            .map_err(write_error("PVH module list"))?;
+    }
+    let addr = GuestAddress(PVH_INFO_START);
+    mem.write_obj(start_info, addr)
+        .map_err(write_error("PVH start info"))?;
+    Ok(addr)
 }
