@@ -389,14 +389,19 @@ fn table_writer_when_table_passes_end_then_tables_too_large() {
 
 /// Runs `iasl` with `args` in `dir`; `None` if iasl is not installed.
 fn iasl(dir: &std::path::Path, args: &[&str]) -> Option<std::process::Output> {
-    match std::process::Command::new("iasl")
+    acpica_tool("iasl", dir, args)
+}
+
+/// Runs an ACPICA tool (package acpica-tools); `None` if it is not installed.
+fn acpica_tool(tool: &str, dir: &std::path::Path, args: &[&str]) -> Option<std::process::Output> {
+    match std::process::Command::new(tool)
         .args(args)
         .current_dir(dir)
         .output()
     {
         Ok(output) => Some(output),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => panic!("cannot run iasl: {e}"),
+        Err(e) => panic!("cannot run {tool}: {e}"),
     }
 }
 
@@ -445,3 +450,56 @@ fn tables_when_disassembled_by_iasl_then_clean_and_dsdt_recompiles_without_error
         "iasl dsdt.dsl: {log}"
     );
 }
+
+/// Runs the DSDT's `_EVT` in ACPICA's AML interpreter with the GED event byte preset to
+/// `events`; returns the interpreter's output, or `None` if acpiexec is not installed.
+fn run_ged_evt(events: u8) -> Option<String> {
+    let parsed = build_and_parse(&default_cfg(&virtio_devices(1)));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dsdt.dat"), &parsed.dsdt.bytes).unwrap();
+    // acpiexec emulates the SystemMemory region; -fi presets the GDAT field in it.
+    std::fs::write(
+        dir.path().join("init"),
+        format!("\\_SB_.GED_.GDAT {events}\n"),
+    )
+    .unwrap();
+    let batch = "evaluate \\_SB_.GED_._EVT 5; evaluate \\_S5_";
+    let out = acpica_tool(
+        "acpiexec",
+        dir.path(),
+        &["-fi", "init", "-b", batch, "dsdt.dat"],
+    )?;
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "acpiexec: {log}");
+    assert!(!log.contains("AE_"), "AML error: {log}");
+    Some(log)
+}
+
+#[test]
+fn ged_evt_when_power_button_bit_set_then_aml_notifies_pwrb_0x80() {
+    let Some(log) = run_ged_evt(EVENT_POWER_BUTTON_BIT) else {
+        eprintln!("SKIPPED: acpiexec not installed (apt-get install acpica-tools); AML not run");
+        return;
+    };
+    assert!(
+        log.contains("Received a Device Notify on [PWRB]") && log.contains("Value 0x80"),
+        "no power button notify: {log}"
+    );
+    assert!(
+        log.contains("[Integer] = 0000000000000005"),
+        "_S5_ SLP_TYP: {log}"
+    );
+}
+
+#[test]
+fn ged_evt_when_no_event_pending_then_no_notify() {
+    let Some(log) = run_ged_evt(0) else {
+        eprintln!("SKIPPED: acpiexec not installed (apt-get install acpica-tools); AML not run");
+        return;
+    };
+    assert!(!log.contains("Notify"), "unexpected notify: {log}");
+}
+
+/// Bit 0 of the GED event byte (`devices::legacy::ged::EVENT_POWER_BUTTON`).
+const EVENT_POWER_BUTTON_BIT: u8 = 1;
