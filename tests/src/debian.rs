@@ -1,0 +1,183 @@
+//! Debian package handling: resolve the cloud kernel package with apt, download it once with
+//! `apt-get download` into `target/lab/debs/<name>_<version>/` and unpack it with `dpkg -x`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::paths::create_dir;
+use crate::LabError;
+
+/// The metapackage whose dependency names the current Debian cloud kernel.
+pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
+
+/// A concrete Debian package version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    /// Package name, e.g. `linux-image-6.1.0-56-cloud-amd64`.
+    pub name: String,
+    /// Version, e.g. `6.1.192-2`.
+    pub version: String,
+}
+
+impl Package {
+    /// A filesystem-safe `name_version` key (epoch colons replaced).
+    pub fn key(&self) -> String {
+        format!("{}_{}", self.name, self.version.replace(':', "%3a"))
+    }
+}
+
+/// Runs a command and returns its stdout, or a `CommandFailed` error with its stderr.
+pub(crate) fn run_output(cmd: &mut Command) -> Result<String, LabError> {
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(|source| LabError::SpawnCommand {
+        command: command.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(LabError::CommandFailed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first `linux-image-*` package `metapackage` depends on, per `apt-cache depends`.
+pub fn resolve_kernel_package(metapackage: &str) -> Result<String, LabError> {
+    let out = run_output(Command::new("apt-cache").args(["depends", metapackage]))?;
+    parse_kernel_dependency(&out).ok_or_else(|| LabError::ResolvePackage {
+        package: metapackage.to_string(),
+        detail: "apt-cache depends names no linux-image-* dependency".to_string(),
+    })
+}
+
+/// Extracts the kernel image dependency from `apt-cache depends` output.
+pub fn parse_kernel_dependency(apt_cache_depends: &str) -> Option<String> {
+    apt_cache_depends.lines().find_map(|line| {
+        let dep = line.trim().strip_prefix("Depends:")?.trim();
+        dep.starts_with("linux-image-").then(|| dep.to_string())
+    })
+}
+
+/// The version apt would install for `name` (its candidate), or the installed one for
+/// packages that are already on the host.
+pub fn candidate_version(name: &str) -> Result<Package, LabError> {
+    let out = run_output(Command::new("apt-cache").args(["show", "--no-all-versions", name]))?;
+    let version = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| LabError::ResolvePackage {
+            package: name.to_string(),
+            detail: "apt-cache show printed no Version".to_string(),
+        })?;
+    Ok(Package {
+        name: name.to_string(),
+        version,
+    })
+}
+
+/// The version of an installed package, per dpkg.
+pub fn installed_version(name: &str) -> Result<Package, LabError> {
+    let version = run_output(Command::new("dpkg-query").args(["-W", "-f=${Version}", name]))?;
+    Ok(Package {
+        name: name.to_string(),
+        version: version.trim().to_string(),
+    })
+}
+
+/// Downloads (once) and unpacks (once) `pkg`; returns the root of the unpacked tree.
+/// Cached under `<debs_dir>/<name>_<version>/root`; a `.complete` marker makes the cache safe
+/// against interrupted runs.
+pub fn fetch_unpacked(pkg: &Package, debs_dir: &Path) -> Result<PathBuf, LabError> {
+    let dir = debs_dir.join(pkg.key());
+    let root = dir.join("root");
+    let marker = dir.join(".complete");
+    if marker.exists() && root.is_dir() {
+        return Ok(root);
+    }
+    create_dir(&dir)?;
+    let deb = download(pkg, &dir)?;
+    let tmp = dir.join("root.tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|source| LabError::WriteFile {
+            path: tmp.clone(),
+            source,
+        })?;
+    }
+    run_output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    if root.exists() {
+        fs::remove_dir_all(&root).map_err(|source| LabError::WriteFile {
+            path: root.clone(),
+            source,
+        })?;
+    }
+    fs::rename(&tmp, &root).map_err(|source| LabError::WriteFile {
+        path: root.clone(),
+        source,
+    })?;
+    fs::write(&marker, pkg.version.as_bytes()).map_err(|source| LabError::WriteFile {
+        path: marker.clone(),
+        source,
+    })?;
+    Ok(root)
+}
+
+fn download(pkg: &Package, dir: &Path) -> Result<PathBuf, LabError> {
+    if let Some(deb) = find_deb(dir)? {
+        return Ok(deb);
+    }
+    log::info!("lab: downloading {} {}", pkg.name, pkg.version);
+    // Sandbox::User=root: the target dir is root's, _apt could not write there.
+    run_output(
+        Command::new("apt-get")
+            .current_dir(dir)
+            .args(["-q", "-o", "APT::Sandbox::User=root", "download"])
+            .arg(format!("{}={}", pkg.name, pkg.version)),
+    )?;
+    find_deb(dir)?.ok_or_else(|| LabError::PackageContent {
+        path: dir.join(format!("{}.deb", pkg.key())),
+    })
+}
+
+fn find_deb(dir: &Path) -> Result<Option<PathBuf>, LabError> {
+    let entries = fs::read_dir(dir).map_err(|source| LabError::ReadFile {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_kernel_dependency_when_apt_output_then_first_linux_image() {
+        let out = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n";
+        assert_eq!(
+            parse_kernel_dependency(out).as_deref(),
+            Some("linux-image-6.1.0-56-cloud-amd64")
+        );
+    }
+
+    #[test]
+    fn parse_kernel_dependency_when_no_image_then_none() {
+        let out = "linux-image-cloud-amd64\n  Depends: <virtual>\n  Recommends: foo\n";
+        assert_eq!(parse_kernel_dependency(out), None);
+    }
+
+    #[test]
+    fn package_key_when_epoch_then_no_colon() {
+        let p = Package {
+            name: "busybox-static".into(),
+            version: "1:1.35.0-4".into(),
+        };
+        assert_eq!(p.key(), "busybox-static_1%3a1.35.0-4");
+    }
+}

@@ -1,0 +1,299 @@
+//! [`Lab`]: prepares the cached images once, then runs scenarios one at a time (flock).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::BufWriter;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cpio::CpioWriter;
+use crate::debian::run_output;
+use crate::error::tail_lines;
+use crate::image::{self, BaseImages, L1_CMDLINE};
+use crate::paths::{create_dir, LabDirs, LabLock};
+use crate::prereq::{self, SystemProbe, REQUIREMENTS};
+use crate::runner::{self, Machine, Mode};
+use crate::scenario::{LabOutcome, Scenario};
+use crate::LabError;
+
+/// Release binaries every lab run needs (built by `cargo build --release --workspace`).
+pub const REQUIRED_BINARIES: &[&str] = &["tinyvmm", "kvm-smoke"];
+/// L1's RAM: room for 4 nested VMs.
+pub const L1_MEMORY_MIB: u32 = 3072;
+/// RAM when booting the L2 image directly (no nesting).
+const L2_DIRECT_MEMORY_MIB: u32 = 512;
+
+/// The nested KVM lab. Cheap to create once images are cached; runs are serialized across
+/// threads and processes by an flock on `target/lab/lab.lock`.
+#[derive(Debug)]
+pub struct Lab {
+    mode: Mode,
+    dirs: LabDirs,
+    images: BaseImages,
+}
+
+impl Lab {
+    /// Checks host prerequisites and release binaries, then builds (or reuses) the images.
+    pub fn new(mode: Mode) -> Result<Self, LabError> {
+        prereq::check(&SystemProbe::new(), REQUIREMENTS)?;
+        let dirs = LabDirs::discover()?;
+        for bin in REQUIRED_BINARIES {
+            let path = dirs.release.join(bin);
+            if !path.is_file() {
+                return Err(LabError::MissingReleaseBinary { path });
+            }
+        }
+        let _lock = LabLock::acquire(&dirs.lab)?;
+        let images = image::prepare(&dirs)?;
+        Ok(Self { mode, dirs, images })
+    }
+
+    /// The mode this lab runs QEMU in.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The cached images (kernel, base initramfs archives) and the kernel package they use.
+    pub fn images(&self) -> &BaseImages {
+        &self.images
+    }
+
+    /// Boots L1, runs the scenario in it, powers off. A scenario that exits non-zero is still
+    /// `Ok` (see [`LabOutcome::ensure_success`]); a hang is `Err(Timeout)` after QEMU is killed.
+    pub fn run(&self, scenario: &Scenario) -> Result<LabOutcome, LabError> {
+        scenario.validate()?;
+        let _lock = LabLock::acquire(&self.dirs.lab)?;
+        let run_dir = self.dirs.lab.join("run");
+        create_dir(&run_dir)?;
+        let l2_initrd = self.l2_initrd(scenario, &run_dir)?;
+        let initrd = run_dir.join("l1-initrd.cpio");
+        self.l1_initrd(scenario, &l2_initrd, &initrd)?;
+        let machine = Machine {
+            kernel: &self.images.vmlinuz,
+            initrd: &initrd,
+            append: L1_CMDLINE,
+            memory_mib: L1_MEMORY_MIB,
+        };
+        let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
+        outcome(scenario, raw, "status")
+    }
+
+    /// Boots the L2 guest image directly under QEMU (no L1, no tinyvmm) and runs the
+    /// scenario's L2 script: checks the L2 image itself. Status comes from `l2.status`.
+    pub fn run_l2_direct(&self, scenario: &Scenario) -> Result<LabOutcome, LabError> {
+        scenario.validate()?;
+        let _lock = LabLock::acquire(&self.dirs.lab)?;
+        let run_dir = self.dirs.lab.join("run");
+        create_dir(&run_dir)?;
+        let l2_initrd = self.l2_initrd(scenario, &run_dir)?;
+        let machine = Machine {
+            kernel: &self.images.vmlinuz,
+            initrd: &l2_initrd,
+            append: L1_CMDLINE,
+            memory_mib: L2_DIRECT_MEMORY_MIB,
+        };
+        let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
+        outcome(scenario, raw, "l2.status")
+    }
+
+    /// `/lab/l2/initrd.gz`: the cached L2 archive plus the scenario's L2 script, gzipped.
+    fn l2_initrd(&self, scenario: &Scenario, run_dir: &Path) -> Result<PathBuf, LabError> {
+        let raw = run_dir.join("l2-initrd.cpio");
+        copy_file(&self.images.l2_base, &raw)?;
+        if let Some(script) = &scenario.l2_script {
+            append_cpio(&raw, |w| w.file("scenario.sh", 0o755, script.as_bytes()))?;
+        }
+        let gz = run_dir.join("l2-initrd.cpio.gz");
+        run_output(Command::new("gzip").args(["-f", "-n", "-6"]).arg(&raw))?;
+        Ok(gz)
+    }
+
+    /// The L1 initramfs of one run: cached base + an appended archive with the release
+    /// binaries (and their libraries), the L2 initrd, the scenario script and files.
+    fn l1_initrd(&self, scenario: &Scenario, l2_initrd: &Path, out: &Path) -> Result<(), LabError> {
+        copy_file(&self.images.l1_base, out)?;
+        let mut binaries: Vec<(String, PathBuf)> = release_executables(&self.dirs.release)?
+            .into_iter()
+            .map(|p| (format!("lab/bin/{}", file_name(&p)), p))
+            .collect();
+        binaries.extend(
+            scenario
+                .host_binaries
+                .iter()
+                .map(|p| (p.to_string_lossy().into_owned(), p.clone())),
+        );
+        let mut libs = BTreeSet::new();
+        for (_, path) in &binaries {
+            libs.extend(shared_libraries(path)?);
+        }
+        append_cpio(out, |w| {
+            for (dest, src) in &binaries {
+                w.host_file(dest, src)?;
+            }
+            for lib in &libs {
+                w.host_file(&lib.to_string_lossy(), lib)?;
+            }
+            w.host_file("lab/l2/initrd.gz", l2_initrd)?;
+            w.file("lab/scenario.sh", 0o755, scenario.script.as_bytes())?;
+            for f in &scenario.files {
+                w.file(&f.dest, f.mode, &f.data)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn outcome(
+    scenario: &Scenario,
+    raw: runner::RawRun,
+    status_key: &str,
+) -> Result<LabOutcome, LabError> {
+    let status = raw.kv.get(status_key).and_then(|s| s.parse::<i32>().ok());
+    let Some(status) = status else {
+        return Err(LabError::NoStatus {
+            scenario: scenario.name.clone(),
+            qemu_status: raw.qemu_status.to_string(),
+            tail: tail_lines(&raw.output, 30),
+            output: raw.output,
+        });
+    };
+    Ok(LabOutcome {
+        status,
+        kv: raw.kv,
+        output: raw.output,
+        elapsed: raw.elapsed,
+        boot_to_init: raw.boot_to_init,
+        scenario: scenario.name.clone(),
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Every executable file directly in `target/release` (tinyvmm, netctl, storage tools,
+/// kvm-smoke, bench binaries: whichever exist).
+pub fn release_executables(release: &Path) -> Result<Vec<PathBuf>, LabError> {
+    let entries = fs::read_dir(release).map_err(|source| LabError::ReadFile {
+        path: release.to_path_buf(),
+        source,
+    })?;
+    let mut bins: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| !file_name(p).contains('.'))
+        .filter(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+        .collect();
+    bins.sort();
+    Ok(bins)
+}
+
+/// Shared libraries (and the dynamic loader) `ldd` lists for `binary`; empty for static ones.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, LabError> {
+    let out =
+        Command::new("ldd")
+            .arg(binary)
+            .output()
+            .map_err(|source| LabError::SpawnCommand {
+                command: format!("ldd {}", binary.display()),
+                source,
+            })?;
+    // ldd exits 1 with "not a dynamic executable" for static binaries.
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `ldd` output: `name => /path (addr)` and `/lib64/ld-linux-x86-64.so.2 (addr)`.
+pub fn parse_ldd(output: &str) -> Vec<PathBuf> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.trim(),
+                None => line,
+            };
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<(), LabError> {
+    fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|source| LabError::WriteFile {
+            path: to.to_path_buf(),
+            source,
+        })
+}
+
+/// Appends a second cpio archive to `path` (whose length is a multiple of 4, as the kernel's
+/// unpacker expects headers 4-byte aligned across concatenated archives).
+fn append_cpio(
+    path: &Path,
+    fill: impl FnOnce(&mut CpioWriter<BufWriter<File>>) -> std::io::Result<()>,
+) -> Result<(), LabError> {
+    let err = |source| LabError::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new().append(true).open(path).map_err(err)?;
+    let mut w = CpioWriter::new(BufWriter::new(file));
+    fill(&mut w).map_err(err)?;
+    w.finish().map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_ldd_when_dynamic_binary_then_libs_and_loader() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            parse_ldd(out),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn parse_ldd_when_static_then_empty() {
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
+
+    #[test]
+    fn release_executables_when_mixed_files_then_only_executables_without_dots() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [
+            ("tinyvmm", 0o755),
+            ("tinyvmm.d", 0o755),
+            ("libx.rlib", 0o644),
+            ("notes", 0o644),
+        ] {
+            let p = dir.path().join(name);
+            fs::write(&p, b"").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        fs::create_dir(dir.path().join("deps")).unwrap();
+        assert_eq!(
+            release_executables(dir.path()).unwrap(),
+            [dir.path().join("tinyvmm")]
+        );
+    }
+}
