@@ -22,8 +22,6 @@ use crate::error::{Result, StorageError};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tinyvmm/storage.json";
 /// Where VM directories live unless configured otherwise (the seed's layout).
 pub const DEFAULT_ROOT: &str = "/var/lib/microvms";
-/// Where tinyvmm keeps run locks unless `$TINYVMM_RUN_DIR` says otherwise.
-pub const DEFAULT_RUN_DIR: &str = "/run/tinyvmm";
 
 /// `statfs.f_type` of btrfs (linux/magic.h BTRFS_SUPER_MAGIC).
 pub const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
@@ -146,12 +144,9 @@ impl HostStorageConfig {
 
     /// The run-lock directory: configured, else `$TINYVMM_RUN_DIR`, else `/run/tinyvmm`.
     pub fn run_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.run_dir {
-            return dir.clone();
-        }
-        match std::env::var_os("TINYVMM_RUN_DIR") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => PathBuf::from(DEFAULT_RUN_DIR),
+        match &self.run_dir {
+            Some(dir) => dir.clone(),
+            None => vmconfig::default_run_dir(),
         }
     }
 

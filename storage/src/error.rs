@@ -12,7 +12,7 @@ pub enum StorageError {
     InvalidName {
         what: &'static str,
         name: String,
-        reason: &'static str,
+        reason: String,
     },
     #[error("read storage config {path}")]
     ReadConfig {

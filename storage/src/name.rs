@@ -11,40 +11,23 @@ pub const MAX_VM_NAME: usize = 32;
 /// Longest snapshot name.
 pub const MAX_SNAPSHOT_NAME: usize = 64;
 
-/// A VM name: `[a-z0-9-]`, 1..=32 characters, not starting with `-` (the VM config's rule).
+/// A VM name: `[a-z0-9-]`, 1..=32 characters, not starting with `-` — the VM config's rule
+/// (`vmconfig::validate::check_name`), since the name is also the run lock's name.
 pub fn validate_vm_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(StorageError::InvalidName {
-            what: "VM",
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > MAX_VM_NAME {
-        return bad("longer than 32 characters");
-    }
-    if name.starts_with('-') {
-        return bad("starts with '-'");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return bad("only a-z, 0-9 and '-' are allowed (no '/', '@', spaces or capitals)");
-    }
-    Ok(())
+    vmconfig::validate::check_name(name).map_err(|reason| StorageError::InvalidName {
+        what: "VM",
+        name: name.to_string(),
+        reason,
+    })
 }
 
 /// A snapshot name: `[A-Za-z0-9._:-]`, 1..=64 characters, not starting with `.` or `-`.
 pub fn validate_snapshot_name(name: &str) -> Result<()> {
-    let bad = |reason| {
+    let bad = |reason: &str| {
         Err(StorageError::InvalidName {
             what: "snapshot",
             name: name.to_string(),
-            reason,
+            reason: reason.to_string(),
         })
     };
     if name.is_empty() {

@@ -1,86 +1,76 @@
-//! "Is this VM running?" — through tinyvmm's run lock.
+//! "Is this VM running?" — through tinyvmm's run lock (`vmconfig::lock`).
 //!
-//! tinyvmm holds `flock(LOCK_EX)` on `<run_dir>/<name>.lock` while a VM runs (crate vmconfig,
-//! `vmconfig::lock`). Storage operations that must not touch a live VM's files (rollback,
-//! destroy) take that same lock exclusively for their whole duration: if it is held the VM
-//! is running and the operation is refused; while storage holds it, tinyvmm cannot start the
-//! VM, so there is no window between the check and the change.
+//! tinyvmm holds `flock(LOCK_EX)` on `<run_dir>/<name>.lock` while a VM runs. Storage
+//! operations that must not touch a live VM's files (rollback, destroy) take that same lock
+//! with [`vmconfig::RunLock::acquire`] for their whole duration: if it is held, the VM is
+//! running and the operation is refused; while storage holds it, tinyvmm cannot start the VM,
+//! so nothing can change between the check and the operation.
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use vmconfig::{LockError, RunLock};
 
 use crate::error::{Result, StorageError};
 
 /// `<run_dir>/<name>.lock`.
 pub fn lock_path(run_dir: &Path, vm: &str) -> PathBuf {
-    run_dir.join(format!("{vm}.lock"))
+    vmconfig::lock::lock_path(run_dir, vm)
 }
 
 /// Proof that the VM is not running; it cannot start while this lives.
 #[derive(Debug)]
 pub struct StoppedGuard {
-    _file: File,
+    _lock: RunLock,
 }
 
-/// Takes the VM's run lock exclusively, or fails with [`StorageError::VmRunning`] when tinyvmm
-/// (or another storage command) holds it. `op` names the refused operation in the error.
-pub fn hold_stopped(run_dir: &Path, vm: &str, op: &'static str) -> Result<StoppedGuard> {
-    let path = lock_path(run_dir, vm);
-    let check = |source| StorageError::CheckRunning {
+fn lock_err(vm: &str, err: LockError) -> StorageError {
+    StorageError::CheckRunning {
         vm: vm.to_string(),
-        source,
-    };
-    std::fs::create_dir_all(run_dir).map_err(check)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(check)?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(StorageError::VmRunning {
-                vm: vm.to_string(),
-                op,
-                lock: path,
-            });
-        }
-        return Err(check(err));
+        source: std::io::Error::other(err),
     }
-    Ok(StoppedGuard { _file: file })
+}
+
+/// Takes the VM's run lock, or fails with [`StorageError::VmRunning`] when tinyvmm (or
+/// another storage command) holds it. `op` names the refused operation in the error.
+pub fn hold_stopped(run_dir: &Path, vm: &str, op: &'static str) -> Result<StoppedGuard> {
+    match RunLock::acquire(run_dir, vm) {
+        Ok(lock) => Ok(StoppedGuard { _lock: lock }),
+        Err(LockError::AlreadyRunning { path, .. }) => Err(StorageError::VmRunning {
+            vm: vm.to_string(),
+            op,
+            lock: path,
+        }),
+        Err(e) => Err(lock_err(vm, e)),
+    }
 }
 
 /// Whether tinyvmm currently runs the VM (its run lock is held).
 pub fn is_running(run_dir: &Path, vm: &str) -> Result<bool> {
-    let path = lock_path(run_dir, vm);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => {
-            return Err(StorageError::CheckRunning {
-                vm: vm.to_string(),
-                source,
-            })
-        }
-    };
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(false);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(true)
-    } else {
-        Err(StorageError::CheckRunning {
-            vm: vm.to_string(),
-            source: err,
-        })
+    vmconfig::is_running(run_dir, vm).map_err(|e| lock_err(vm, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_stopped_when_vm_running_then_refused_and_when_stopped_then_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = RunLock::acquire(dir.path(), "vm1").unwrap();
+        assert!(is_running(dir.path(), "vm1").unwrap());
+        assert!(matches!(
+            hold_stopped(dir.path(), "vm1", "destroy"),
+            Err(StorageError::VmRunning { op: "destroy", .. })
+        ));
+        drop(running);
+        assert!(!is_running(dir.path(), "vm1").unwrap());
+        let guard = hold_stopped(dir.path(), "vm1", "destroy").unwrap();
+        // While storage holds it, tinyvmm cannot start the VM.
+        assert!(matches!(
+            RunLock::acquire(dir.path(), "vm1"),
+            Err(LockError::AlreadyRunning { .. })
+        ));
+        drop(guard);
+        assert!(RunLock::acquire(dir.path(), "vm1").is_ok());
     }
 }

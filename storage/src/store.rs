@@ -351,6 +351,38 @@ impl Store {
     }
 }
 
+/// Snapshots kept by `snapshot_on_start` when the VM config gives no `keep_snapshots`.
+pub const DEFAULT_KEEP_SNAPSHOTS: usize = 10;
+
+/// What [`Store::snapshot_on_start`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartSnapshot {
+    pub taken: String,
+    pub pruned: Vec<String>,
+}
+
+impl Store {
+    /// The VM config's `storage` section applied before boot: when `snapshot_on_start` is set,
+    /// take a snapshot (default name) and prune to `keep_snapshots` (default
+    /// [`DEFAULT_KEEP_SNAPSHOTS`]; the new snapshot always survives). `Ok(None)` when not asked.
+    pub fn snapshot_on_start(
+        &self,
+        vm: &str,
+        cfg: &vmconfig::types::StorageConfig,
+    ) -> Result<Option<StartSnapshot>> {
+        if !cfg.snapshot_on_start {
+            return Ok(None);
+        }
+        let keep = cfg
+            .keep_snapshots
+            .map_or(DEFAULT_KEEP_SNAPSHOTS, |k| k as usize)
+            .max(1);
+        let taken = self.snapshot(vm, None)?;
+        let pruned = self.prune(vm, keep)?;
+        Ok(Some(StartSnapshot { taken, pruned }))
+    }
+}
+
 /// `base`, or `base-2`, `base-3`, ... whichever is not in `existing`.
 fn unique_default_name(base: &str, existing: &[String]) -> String {
     if !existing.iter().any(|e| e == base) {
