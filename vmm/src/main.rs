@@ -1,1 +1,69 @@
-fn main() {}
+//! `tinyvmm`: run or validate a microVM described by a JSON config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use vmm::exit_code::RunExit;
+use vmm::timing::Timing;
+
+/// A small KVM virtual machine monitor for isolated Linux microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "tinyvmm", version, about)]
+struct Cli {
+    /// Log level: off, error, warn, info, debug or trace (default: $TINYVMM_LOG or warn).
+    #[arg(long, global = true, value_parser = parse_level)]
+    log_level: Option<log::LevelFilter>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot the VM described by CONFIG and run it until it powers off.
+    ///
+    /// Exit status: 0 guest powered off, 1 error, 2 invalid config, 3 guest reboot or reset
+    /// (also a kernel panic with panic=N), 4 guest crash, 5 stopped hard after the shutdown
+    /// grace period. SIGTERM or SIGINT press the ACPI power button; a second signal, or the end of
+    /// `shutdown_grace_secs`, stops the VM at once.
+    Run {
+        /// The VM config (JSON).
+        config: PathBuf,
+        /// Where the run lock lives (default: $TINYVMM_RUN_DIR or /run/tinyvmm).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+    /// Check CONFIG and report every problem with its JSON path and line.
+    Validate {
+        /// The VM config (JSON).
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = Cli::parse();
+    let level = cli.log_level.unwrap_or_else(|| {
+        std::env::var("TINYVMM_LOG")
+            .ok()
+            .and_then(|v| parse_level(&v).ok())
+            .unwrap_or(log::LevelFilter::Warn)
+    });
+    vmm::logger::init(level);
+    let code = match cli.command {
+        Command::Run { config, run_dir } => {
+            vmm::cli::run(&config, run_dir, Timing::new(start, false))
+        }
+        Command::Validate { config } => vmm::cli::validate(&config),
+    };
+    match code {
+        RunExit::Poweroff => ExitCode::SUCCESS,
+        other => ExitCode::from(other.code() as u8),
+    }
+}
+
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?} (off, error, warn, info, debug, trace)"))
+}

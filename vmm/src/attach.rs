@@ -1,0 +1,320 @@
+//! Device attach steps: each puts one device on a bus, wires its interrupt and events, and
+//! fails with its own named error.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use arch::acpi::VirtioMmioDesc;
+use arch::layout;
+use devices::bus::{Bus, BusError, SharedBusDevice};
+use devices::exit::ExitRequest;
+use devices::interrupt::Interrupt;
+use devices::legacy::serial::{is_pollable_input, Serial, SerialInput};
+use devices::legacy::{acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042};
+use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+use event_manager::SubscriberOps;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmconfig::{MmioDiscovery, SerialConfig, VmConfig};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::builder::Subscribers;
+use crate::control::PowerButton;
+use crate::timing::{Milestone, Timing};
+
+/// Errors attaching a device, named after the device and step.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("create the irqfd for GSI {gsi}")]
+    CreateIrqfd {
+        gsi: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("register the irqfd for GSI {gsi} with KVM")]
+    RegisterIrqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("place {device} on the bus")]
+    Bus {
+        device: &'static str,
+        #[source]
+        source: BusError,
+    },
+    #[error("open the serial output file {path}")]
+    OpenSerialFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("create the serial port")]
+    CreateSerial(#[source] std::io::Error),
+    #[error("create the {0} device")]
+    CreateDevice(&'static str, #[source] std::io::Error),
+    #[error("create the virtio-mmio transport for {device}")]
+    CreateTransport {
+        device: &'static str,
+        #[source]
+        source: devices::virtio::TransportError,
+    },
+    #[error("register queue {queue} notification of {device} as an ioeventfd")]
+    RegisterIoevent {
+        device: &'static str,
+        queue: usize,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_DEVICES)]
+    TooManyVirtioDevices,
+}
+
+/// The platform being assembled: the two buses and what later steps need to know about the
+/// attached devices.
+pub struct Platform {
+    exit: Arc<ExitRequest>,
+    pio: Bus,
+    mmio: Bus,
+    frozen: Option<(Arc<Bus>, Arc<Bus>)>,
+    ged: Option<Arc<Mutex<Ged>>>,
+    virtio: Vec<VirtioMmioDesc>,
+}
+
+impl Platform {
+    pub fn new(exit: Arc<ExitRequest>) -> Self {
+        Self {
+            exit,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            frozen: None,
+            ged: None,
+            virtio: Vec::new(),
+        }
+    }
+
+    /// The virtio-mmio devices in slot order, for ACPI and the kernel command line.
+    pub fn virtio_descs(&self) -> Vec<VirtioMmioDesc> {
+        self.virtio.clone()
+    }
+
+    /// Freezes the buses (no more devices) and hands out shared references for the vCPUs.
+    pub fn buses(&mut self) -> (Arc<Bus>, Arc<Bus>) {
+        let (pio, mmio) = self.frozen.get_or_insert_with(|| {
+            (
+                Arc::new(std::mem::take(&mut self.pio)),
+                Arc::new(std::mem::take(&mut self.mmio)),
+            )
+        });
+        (pio.clone(), mmio.clone())
+    }
+
+    /// The ACPI power button, for the control loop.
+    pub fn power_button(&self) -> Box<dyn PowerButton> {
+        Box::new(GedButton(self.ged.clone()))
+    }
+}
+
+struct GedButton(Option<Arc<Mutex<Ged>>>);
+
+impl PowerButton for GedButton {
+    fn press(&mut self) {
+        match &self.0 {
+            Some(ged) => {
+                let ged = ged.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = ged.press_power_button() {
+                    log::error!("power button: {e}");
+                }
+            }
+            None => log::warn!("power button: no ACPI GED device"),
+        }
+    }
+}
+
+/// An irqfd registered with KVM for `gsi`.
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<Arc<EventFd>, AttachError> {
+    let evt =
+        EventFd::new(EFD_NONBLOCK).map_err(|source| AttachError::CreateIrqfd { gsi, source })?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|source| AttachError::RegisterIrqfd { gsi, source })?;
+    Ok(Arc::new(evt))
+}
+
+fn insert(
+    bus: &mut Bus,
+    device: &'static str,
+    dev: SharedBusDevice,
+    base: u64,
+    len: u64,
+) -> Result<(), AttachError> {
+    bus.insert(dev, base, len)
+        .map_err(|source| AttachError::Bus { device, source })
+}
+
+/// COM1 at 0x3f8 (IRQ 4), writing to stdout, a file, or nowhere; stdin feeds it when the
+/// console is stdout.
+pub fn attach_serial(
+    vm: &VmFd,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    cfg: &VmConfig,
+) -> Result<(), AttachError> {
+    let out: Box<dyn Write + Send> = match &cfg.serial {
+        SerialConfig::Stdout => Box::new(std::io::stdout()),
+        SerialConfig::None => Box::new(std::io::sink()),
+        SerialConfig::File(file) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .map_err(|source| AttachError::OpenSerialFile {
+                    path: file.display().to_string(),
+                    source,
+                })?,
+        ),
+    };
+    let irq: Arc<dyn Interrupt> = irqfd(vm, layout::SERIAL_GSI)?;
+    let serial = Arc::new(Mutex::new(
+        Serial::new(irq, out).map_err(AttachError::CreateSerial)?,
+    ));
+    insert(&mut platform.pio, "serial port", serial.clone(), 0x3f8, 8)?;
+    if matches!(cfg.serial, SerialConfig::Stdout) && is_pollable_input(libc::STDIN_FILENO) {
+        let input = SerialInput::new(serial, Box::new(std::io::stdin()))
+            .map_err(AttachError::CreateSerial)?;
+        subscribers.add_subscriber(Arc::new(Mutex::new(input)));
+    }
+    Ok(())
+}
+
+/// The i8042 controller at 0x60/0x64, for the keyboard-controller reset path.
+pub fn attach_i8042(platform: &mut Platform) -> Result<(), AttachError> {
+    let dev = Arc::new(Mutex::new(I8042::new(platform.exit.clone())));
+    insert(&mut platform.pio, "i8042", dev, 0x60, 5)
+}
+
+/// The ACPI PM register (sleep control/status and reset) at port 0x3c0.
+pub fn attach_acpi_pm(platform: &mut Platform) -> Result<(), AttachError> {
+    let dev = Arc::new(Mutex::new(AcpiPm::new(platform.exit.clone())));
+    insert(
+        &mut platform.pio,
+        "ACPI PM register",
+        dev,
+        u64::from(layout::ACPI_PM_PORT),
+        1,
+    )
+}
+
+/// The ACPI generic event device that carries power-button presses.
+pub fn attach_ged(vm: &VmFd, platform: &mut Platform) -> Result<(), AttachError> {
+    let irq: Arc<dyn Interrupt> = irqfd(vm, layout::GED_GSI)?;
+    let ged = Arc::new(Mutex::new(Ged::new(irq)));
+    insert(
+        &mut platform.mmio,
+        "ACPI GED",
+        ged.clone(),
+        layout::GED_ADDR,
+        layout::GED_SIZE,
+    )?;
+    platform.ged = Some(ged);
+    Ok(())
+}
+
+/// The Firecracker-compatible boot timer at 0xd0000000.
+pub fn attach_boot_timer(platform: &mut Platform, timing: Timing) -> Result<(), AttachError> {
+    let timer = BootTimer::new(timing.start()).with_callback(Box::new(move |elapsed| {
+        timing.mark_at(Milestone::BootTimer, elapsed.as_micros());
+    }));
+    insert(
+        &mut platform.mmio,
+        "boot timer",
+        Arc::new(Mutex::new(timer)),
+        layout::BOOT_TIMER_ADDR,
+        0x1000,
+    )
+}
+
+/// A virtio-rng device in the next virtio-mmio slot.
+pub fn attach_virtio_rng(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+) -> Result<(), AttachError> {
+    let rng = Arc::new(Mutex::new(
+        devices::virtio::rng::Rng::new().map_err(|e| AttachError::CreateDevice("virtio-rng", e))?,
+    ));
+    attach_virtio(vm, mem, platform, "virtio-rng", rng.clone())?;
+    subscribers.add_subscriber(rng);
+    Ok(())
+}
+
+/// Puts `device` behind a virtio-mmio transport in the next free slot, with an ioeventfd per
+/// queue and an irqfd for its GSI.
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    name: &'static str,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+) -> Result<(), AttachError> {
+    let slot = platform.virtio.len();
+    if slot >= layout::MAX_VIRTIO_DEVICES {
+        return Err(AttachError::TooManyVirtioDevices);
+    }
+    let (addr, gsi) = (layout::virtio_mmio_addr(slot), layout::virtio_gsi(slot));
+    let irq: Arc<dyn Interrupt> = irqfd(vm, gsi)?;
+    let transport = MmioTransport::new(mem.clone(), device, irq).map_err(|source| {
+        AttachError::CreateTransport {
+            device: name,
+            source,
+        }
+    })?;
+    for (queue, evt) in transport.queue_evts().iter().enumerate() {
+        let notify = IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
+        vm.register_ioevent(evt, &notify, queue as u32)
+            .map_err(|source| AttachError::RegisterIoevent {
+                device: name,
+                queue,
+                source,
+            })?;
+    }
+    insert(
+        &mut platform.mmio,
+        name,
+        Arc::new(Mutex::new(transport)),
+        addr,
+        MMIO_LEN,
+    )?;
+    platform.virtio.push(VirtioMmioDesc {
+        addr,
+        len: MMIO_LEN,
+        gsi,
+    });
+    Ok(())
+}
+
+/// The kernel command line: the config's (or the default), plus `virtio_mmio.device=` entries
+/// when the config asks for command-line discovery.
+pub fn kernel_cmdline(cfg: &VmConfig, platform: &Platform) -> String {
+    let mut cmdline = cfg.kernel.cmdline.clone();
+    if cfg.virtio_mmio_discovery != MmioDiscovery::Acpi {
+        for d in &platform.virtio {
+            cmdline.push_str(&format!(
+                " virtio_mmio.device={}K@{:#x}:{}",
+                d.len / 1024,
+                d.addr,
+                d.gsi
+            ));
+        }
+    }
+    cmdline
+}
+
+/// The virtio devices ACPI should describe, per the discovery setting.
+pub fn acpi_virtio(cfg: &VmConfig, platform: &Platform) -> Vec<VirtioMmioDesc> {
+    if cfg.virtio_mmio_discovery == MmioDiscovery::Cmdline {
+        Vec::new()
+    } else {
+        platform.virtio_descs()
+    }
+}

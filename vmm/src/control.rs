@@ -1,0 +1,214 @@
+//! The main thread's control events: host signals, the guest's exit requests and the
+//! shutdown grace period.
+//!
+//! SIGTERM or SIGINT presses the ACPI power button once and starts the grace period; a second
+//! signal, or the end of the grace period, stops the VM hard. The signals are blocked in every
+//! thread and read from a signalfd, so no handler runs in signal context.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devices::exit::ExitRequest;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::exit_code::RunExit;
+
+const TOKEN_SIGNAL: u32 = 1;
+const TOKEN_EXIT: u32 = 2;
+
+/// Errors setting up control events.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("block SIGTERM/SIGINT for the signalfd")]
+    BlockSignals(#[source] nix::Error),
+    #[error("create the signalfd")]
+    CreateSignalFd(#[source] nix::Error),
+}
+
+/// Something that asks the guest to shut down (the ACPI power button).
+pub trait PowerButton: Send {
+    fn press(&mut self);
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread; threads spawned afterwards inherit it.
+/// Call before any other thread exists.
+pub fn block_shutdown_signals() -> Result<SigSet, ControlError> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block().map_err(ControlError::BlockSignals)?;
+    Ok(mask)
+}
+
+/// Turns signals, exit requests and the grace period into the run's outcome.
+pub struct Control {
+    signals: SignalFd,
+    exit: Arc<ExitRequest>,
+    button: Box<dyn PowerButton>,
+    grace: Duration,
+    deadline: Option<Instant>,
+    outcome: Option<RunExit>,
+}
+
+impl Control {
+    /// `mask` is what [`block_shutdown_signals`] returned.
+    pub fn new(
+        mask: &SigSet,
+        exit: Arc<ExitRequest>,
+        button: Box<dyn PowerButton>,
+        grace: Duration,
+    ) -> Result<Self, ControlError> {
+        let signals = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(ControlError::CreateSignalFd)?;
+        Ok(Self {
+            signals,
+            exit,
+            button,
+            grace,
+            deadline: None,
+            outcome: None,
+        })
+    }
+
+    /// How the run ended, once it has.
+    pub fn outcome(&self) -> Option<RunExit> {
+        self.outcome
+    }
+
+    /// How long the event loop may sleep: until the grace deadline, or forever.
+    pub fn timeout_ms(&self) -> i32 {
+        match self.deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+            }
+        }
+    }
+
+    /// Ends the run with [`RunExit::HardStop`] once the grace period is over.
+    pub fn check_deadline(&mut self) {
+        if let Some(d) = self.deadline {
+            if Instant::now() >= d && self.outcome.is_none() {
+                log::warn!(
+                    "guest did not shut down within {:?}; stopping it",
+                    self.grace
+                );
+                self.outcome = Some(RunExit::HardStop);
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let name = Signal::try_from(info.ssi_signo as i32)
+                .map(|s| s.as_str())
+                .unwrap_or("signal");
+            if self.deadline.is_some() {
+                log::warn!("second {name}: stopping the VM now");
+                self.outcome.get_or_insert(RunExit::HardStop);
+                return;
+            }
+            log::info!(
+                "{name}: pressing the power button, grace period {:?}",
+                self.grace
+            );
+            self.button.press();
+            self.deadline = Some(Instant::now() + self.grace);
+        }
+    }
+
+    fn on_exit_request(&mut self) {
+        let _ = self.exit.event_fd().read();
+        if let Some(kind) = self.exit.kind() {
+            self.outcome.get_or_insert(RunExit::from(kind));
+        }
+    }
+}
+
+impl MutEventSubscriber for Control {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_SIGNAL => self.on_signal(),
+            TOKEN_EXIT => self.on_exit_request(),
+            other => log::warn!("control: event for unknown token {other}"),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let sig = Events::with_data(&self.signals, TOKEN_SIGNAL, EventSet::IN);
+        let exit = Events::with_data(self.exit.event_fd(), TOKEN_EXIT, EventSet::IN);
+        for ev in [sig, exit] {
+            if let Err(e) = ops.add(ev) {
+                log::error!("control: cannot watch fd: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::exit::ExitKind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct CountingButton(Arc<AtomicUsize>);
+    impl PowerButton for CountingButton {
+        fn press(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn control(grace: Duration) -> (Control, Arc<ExitRequest>, Arc<AtomicUsize>) {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGUSR2);
+        mask.thread_block().unwrap();
+        let exit = Arc::new(ExitRequest::new().unwrap());
+        let presses = Arc::new(AtomicUsize::new(0));
+        let c = Control::new(
+            &mask,
+            exit.clone(),
+            Box::new(CountingButton(presses.clone())),
+            grace,
+        )
+        .unwrap();
+        (c, exit, presses)
+    }
+
+    #[test]
+    fn exit_request_when_guest_powers_off_then_outcome_poweroff() {
+        let (mut c, exit, _) = control(Duration::from_secs(1));
+        assert_eq!(c.timeout_ms(), -1);
+        exit.request(ExitKind::Poweroff);
+        c.on_exit_request();
+        assert_eq!(c.outcome(), Some(RunExit::Poweroff));
+    }
+
+    #[test]
+    fn deadline_when_grace_expires_then_hard_stop() {
+        let (mut c, _, presses) = control(Duration::from_millis(0));
+        c.button.press();
+        c.deadline = Some(Instant::now());
+        c.check_deadline();
+        assert_eq!(c.outcome(), Some(RunExit::HardStop));
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn signal_when_delivered_then_button_pressed_and_deadline_set() {
+        let (mut c, _, presses) = control(Duration::from_secs(30));
+        // SAFETY: raising a blocked signal in this thread only queues it for the signalfd.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+        c.on_signal();
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        assert!(c.timeout_ms() > 1000);
+        assert_eq!(c.outcome(), None);
+        // SAFETY: as above.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+        c.on_signal();
+        assert_eq!(c.outcome(), Some(RunExit::HardStop));
+    }
+}
