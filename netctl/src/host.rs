@@ -1,0 +1,136 @@
+//! Resolves host settings: flags, then an optional host file, then the last apply's
+//! settings, then defaults (uplink = interface of the default route).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::{check_ifname, Egress, Host};
+use crate::netlink::{Netlink, Snapshot};
+
+/// Host settings as given on the command line (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct HostArgs {
+    pub host_file: Option<PathBuf>,
+    pub uplink: Option<String>,
+    /// User name or numeric uid that owns the TAPs.
+    pub tap_user: Option<String>,
+    /// Group name or numeric gid that owns the TAPs.
+    pub tap_group: Option<String>,
+    pub egress: Option<String>,
+    pub tailscale_if: Option<String>,
+}
+
+/// The `--host FILE` JSON: `{"uplink": "eth0", "tap_user": "tinyvmm", "tap_group": "kvm",
+/// "egress": "tcp:80,tcp:443", "tailscale_interface": "tailscale0"}`, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    uplink: Option<String>,
+    tap_user: Option<String>,
+    tap_group: Option<String>,
+    egress: Option<String>,
+    tailscale_interface: Option<String>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::HostSettings(msg.into())
+}
+
+fn uid_of(user: &str) -> Result<u32> {
+    if let Ok(n) = user.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(bad(format!("unknown TAP user `{user}`"))),
+    }
+}
+
+fn gid_of(group: &str) -> Result<u32> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(bad(format!("unknown TAP group `{group}`"))),
+    }
+}
+
+fn merged(args: &HostArgs) -> Result<HostArgs> {
+    let file = match &args.host_file {
+        None => HostFile::default(),
+        Some(p) => {
+            let t = std::fs::read_to_string(p).map_err(|source| Error::ReadConfig {
+                path: p.clone(),
+                source,
+            })?;
+            serde_json::from_str(&t).map_err(|e| Error::ParseConfig {
+                path: p.clone(),
+                msg: e.to_string(),
+            })?
+        }
+    };
+    Ok(HostArgs {
+        host_file: None,
+        uplink: args.uplink.clone().or(file.uplink),
+        tap_user: args.tap_user.clone().or(file.tap_user),
+        tap_group: args.tap_group.clone().or(file.tap_group),
+        egress: args.egress.clone().or(file.egress),
+        tailscale_if: args.tailscale_if.clone().or(file.tailscale_interface),
+    })
+}
+
+/// Resolves the effective host settings and checks the uplink exists.
+pub fn resolve(
+    args: &HostArgs,
+    previous: Option<&Host>,
+    nl: &Netlink,
+    snap: &Snapshot,
+) -> Result<Host> {
+    let a = merged(args)?;
+    let uplink = match a.uplink.or_else(|| previous.map(|h| h.uplink.clone())) {
+        Some(u) => u,
+        None => {
+            let oif = nl.default_route_oif()?.ok_or_else(|| {
+                Error::FindUplink("no IPv4 default route; pass --uplink IFACE".into())
+            })?;
+            snap.name_of(oif)
+                .ok_or_else(|| {
+                    Error::FindUplink(format!("default route via unknown ifindex {oif}"))
+                })?
+                .to_string()
+        }
+    };
+    check_ifname(&uplink).map_err(|e| Error::FindUplink(e))?;
+    if snap.link(&uplink).is_none() {
+        return Err(Error::FindUplink(format!(
+            "interface `{uplink}` does not exist"
+        )));
+    }
+    let tap_uid = match a.tap_user {
+        Some(u) => Some(uid_of(&u)?),
+        None => previous.and_then(|h| h.tap_uid),
+    };
+    let tap_gid = match a.tap_group {
+        Some(g) => Some(gid_of(&g)?),
+        None => previous.and_then(|h| h.tap_gid),
+    };
+    let egress = match a.egress {
+        Some(e) => e.parse::<Egress>().map_err(bad)?,
+        None => previous.map(|h| h.egress.clone()).unwrap_or_default(),
+    };
+    let tailscale_if = a
+        .tailscale_if
+        .or_else(|| previous.map(|h| h.tailscale_if.clone()))
+        .unwrap_or_else(|| "tailscale0".to_string());
+    check_ifname(&tailscale_if).map_err(bad)?;
+    Ok(Host {
+        uplink,
+        tap_uid,
+        tap_gid,
+        egress,
+        tailscale_if,
+    })
+}
