@@ -151,7 +151,11 @@ pub fn run(
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
             let text = e.render().to_string();
-            let _ = if code == 0 { write!(out, "{text}") } else { write!(err, "{text}") };
+            let _ = if code == 0 {
+                write!(out, "{text}")
+            } else {
+                write!(err, "{text}")
+            };
             return code;
         }
     };
@@ -199,10 +203,16 @@ fn execute(
     match &cli.command {
         Command::Detect => {}
         Command::Init => match store.init()? {
-            Outcome::Created => w(out, format!("initialised {kind} storage at {}", cfg.root.display())),
+            Outcome::Created => w(
+                out,
+                format!("initialised {kind} storage at {}", cfg.root.display()),
+            ),
             Outcome::AlreadyExisted => w(
                 out,
-                format!("{kind} storage at {} is already initialised", cfg.root.display()),
+                format!(
+                    "{kind} storage at {} is already initialised",
+                    cfg.root.display()
+                ),
             ),
         },
         Command::Create { vm } => {
@@ -211,7 +221,10 @@ fn execute(
                 Outcome::Created => w(out, format!("created VM {vm} at {}", path.display())),
                 Outcome::AlreadyExisted => w(
                     out,
-                    format!("VM {vm} already exists at {} with etc/ and var/; nothing to do", path.display()),
+                    format!(
+                        "VM {vm} already exists at {} with etc/ and var/; nothing to do",
+                        path.display()
+                    ),
                 ),
             }
         }
@@ -220,7 +233,10 @@ fn execute(
             for vm in store.list()? {
                 let snaps = vm.snapshots.map_or("-".to_string(), |n| n.to_string());
                 let running = if vm.running { "yes" } else { "no" };
-                w(out, format!("{}\t{running}\t{snaps}\t{}", vm.name, vm.path.display()));
+                w(
+                    out,
+                    format!("{}\t{running}\t{snaps}\t{}", vm.name, vm.path.display()),
+                );
             }
         }
         Command::Snapshot { vm, name } => {
@@ -230,7 +246,9 @@ fn execute(
         Command::Snapshots { vm } => {
             w(out, "NAME\tCREATED\tUSED".into());
             for s in store.snapshots(vm)? {
-                let created = s.created.map_or("-".into(), |t| Utc::from_unix(t).display());
+                let created = s
+                    .created
+                    .map_or("-".into(), |t| Utc::from_unix(t).display());
                 let used = s.used.map_or("-".into(), |u| u.to_string());
                 w(out, format!("{}\t{created}\t{used}", s.name));
             }
@@ -247,7 +265,10 @@ fn execute(
             store.clone_vm(vm, snap, new_vm)?;
             w(
                 out,
-                format!("created VM {new_vm} at {} from {vm}@{snap}", store.vm_path(new_vm).display()),
+                format!(
+                    "created VM {new_vm} at {} from {vm}@{snap}",
+                    store.vm_path(new_vm).display()
+                ),
             );
         }
         Command::Prune { vm, keep } => {
@@ -255,7 +276,13 @@ fn execute(
             for d in &deleted {
                 w(out, format!("deleted snapshot {vm}@{d}"));
             }
-            w(out, format!("pruned {} snapshot(s) of {vm}, keeping at most {keep}", deleted.len()));
+            w(
+                out,
+                format!(
+                    "pruned {} snapshot(s) of {vm}, keeping at most {keep}",
+                    deleted.len()
+                ),
+            );
         }
         Command::Destroy { vm, force } => destroy(&store, vm, *force, input, out, err)?,
     }
