@@ -5,9 +5,11 @@
 //!   and the line:column of the offending value.
 //! - [`validate`](validate()) / [`validate_with`]: the one cross-field check, returning every
 //!   problem; [`Checks::NO_FILES`] skips file-system checks for tools that run elsewhere.
+//! - [`check_fleet`]: collisions between several VMs on one host (names, TAPs, MACs, subnets).
 //! - [`lock`]: the run lock that says whether a VM is running.
 
 pub mod error;
+pub mod fleet;
 pub mod lock;
 pub mod parse;
 pub mod position;
@@ -15,6 +17,7 @@ pub mod types;
 pub mod validate;
 
 pub use error::{ConfigError, Problem};
+pub use fleet::{check_fleet, FleetProblem};
 pub use lock::{default_run_dir, is_running, LockError, RunLock};
 pub use parse::{deserialize, load, load_with, parse, parse_unchecked, parse_with};
 pub use types::{
@@ -22,3 +25,6 @@ pub use types::{
     StorageConfig, VmConfig, DEFAULT_CMDLINE,
 };
 pub use validate::{validate, validate_with, Checks};
+
+#[cfg(test)]
+mod tests;

@@ -72,7 +72,10 @@ fn problem_from_serde(text: &str, e: &serde_json::Error) -> Problem {
         column: e.column(),
     };
     let message = strip_position(&e.to_string());
-    let entry = index.innermost_at(index.offset_of(at));
+    // A missing field is reported at the closing brace, which must not be taken for the end
+    // of the object's last member.
+    let missing = quoted_after(&message, "missing field ");
+    let entry = index.innermost_at(index.offset_of(at), missing.is_none());
     let path = entry.map(|en| en.path.clone()).unwrap_or_default();
     let syntax = !matches!(e.classify(), serde_json::error::Category::Data);
     let (path, pos) = match entry {
@@ -80,7 +83,7 @@ fn problem_from_serde(text: &str, e: &serde_json::Error) -> Problem {
         _ if syntax => (path, clamp(at)),
         None => (path, clamp(at)),
         Some(en) => {
-            if let Some(field) = quoted_after(&message, "missing field ") {
+            if let Some(field) = missing {
                 (join_key(&path, field), index.pos_of(en.value_start))
             } else if message.starts_with("unknown field ")
                 || message.starts_with("duplicate field ")

@@ -109,13 +109,15 @@ impl PositionIndex {
         }
     }
 
-    /// The innermost entry whose span (key included) contains byte `offset`.
-    pub fn innermost_at(&self, offset: usize) -> Option<&Entry> {
+    /// The innermost entry whose span (key included) contains byte `offset`. With
+    /// `touching_end`, an entry that ends right at `offset` counts too: serde_json reports some
+    /// errors at the byte after the value it just consumed.
+    pub fn innermost_at(&self, offset: usize, touching_end: bool) -> Option<&Entry> {
         // Nested spans start no earlier than their parents, and entries are pushed parent
         // first, so the containing entry with the greatest start (last on ties) is innermost.
         self.entries
             .iter()
-            .filter(|e| e.start() <= offset && offset < e.end)
+            .filter(|e| e.start() <= offset && (offset < e.end || touching_end && offset == e.end))
             .max_by_key(|e| e.start())
     }
 
@@ -409,9 +411,16 @@ mod tests {
     fn innermost_at_when_offset_in_value_then_deepest_entry() {
         let idx = PositionIndex::build(TEXT);
         let off = idx.offset_of(Pos { line: 6, column: 8 });
-        assert_eq!(idx.innermost_at(off).unwrap().path, "network[1].mac");
+        assert_eq!(idx.innermost_at(off, false).unwrap().path, "network[1].mac");
         let off = idx.offset_of(Pos { line: 5, column: 5 });
-        assert_eq!(idx.innermost_at(off).unwrap().path, "network[1]");
+        assert_eq!(idx.innermost_at(off, false).unwrap().path, "network[1]");
+        // Just past the closing quote of the tap value, before the comma.
+        let off = idx.offset_of(Pos {
+            line: 4,
+            column: 19,
+        });
+        assert_eq!(idx.innermost_at(off, false).unwrap().path, "network[0]");
+        assert_eq!(idx.innermost_at(off, true).unwrap().path, "network[0].tap");
     }
 
     #[test]
