@@ -55,7 +55,7 @@ pub fn ram_regions(size_bytes: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryEr
     if size_bytes == 0 {
         return Err(MemoryError::ZeroSize);
     }
-    if size_bytes % PAGE_SIZE != 0 {
+    if !size_bytes.is_multiple_of(PAGE_SIZE) {
         return Err(MemoryError::Unaligned(size_bytes, PAGE_SIZE));
     }
     if size_bytes > MAX_RAM_SIZE {
@@ -78,7 +78,7 @@ pub fn create_guest_memory(
     hugepages: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
     let regions = ram_regions(size_bytes)?;
-    if hugepages && size_bytes % HUGEPAGE_SIZE != 0 {
+    if hugepages && !size_bytes.is_multiple_of(HUGEPAGE_SIZE) {
         return Err(MemoryError::Unaligned(size_bytes, HUGEPAGE_SIZE));
     }
     let file = Arc::new(create_memfd(hugepages)?);
