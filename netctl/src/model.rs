@@ -121,6 +121,21 @@ pub struct VmNet {
 }
 
 impl VmNet {
+    /// Equal networks, wherever they were read from.
+    pub fn same_net(&self, other: &VmNet) -> bool {
+        let key = |n: &VmNet| {
+            (
+                n.vm.clone(),
+                n.tap.clone(),
+                n.bridge.clone(),
+                n.mac,
+                n.address,
+                n.gateway,
+            )
+        };
+        key(self) == key(other)
+    }
+
     /// The gateway with the VM's prefix: what goes on the bridge.
     pub fn gateway_cidr(&self) -> Cidr {
         Cidr {

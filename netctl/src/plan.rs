@@ -85,7 +85,7 @@ pub fn merge(state: &[VmNet], files: &[VmNet]) -> (Vec<VmNet>, Vec<VmNet>) {
     merged.sort_by(|a, b| (&a.vm, &a.tap).cmp(&(&b.vm, &b.tap)));
     let replaced = state
         .iter()
-        .filter(|n| vms.contains(n.vm.as_str()) && !files.contains(n))
+        .filter(|n| vms.contains(n.vm.as_str()) && !files.iter().any(|f| f.same_net(n)))
         .cloned()
         .collect();
     (merged, replaced)

@@ -24,7 +24,7 @@ fn check(lines: &mut Vec<String>, ok: bool, what: String) -> bool {
 fn vm_status(ctx: &Ctx, n: &VmNet, lines: &mut Vec<String>) -> bool {
     let snap = &ctx.snap;
     let mut ok = true;
-    let managed = ctx.state.nets.contains(n);
+    let managed = ctx.state.nets.iter().any(|s| s.same_net(n));
     lines.push(format!(
         "vm {} ({}): {}",
         n.vm,

@@ -1,62 +1,46 @@
-//! Reads the VM config files (the same vmN.json tinyvmm runs) into [`VmNet`] entries.
-//!
-//! Only the fields netctl needs are read (`name`, `network[]`); the full schema is
-//! validated by the `vmconfig` crate when tinyvmm runs the file.
+//! Reads the VM config files (the same vmN.json tinyvmm runs, through the `vmconfig` crate:
+//! one schema, one validation) into [`VmNet`] entries.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use serde::Deserialize;
+use vmconfig::NetConfig;
 
 use crate::error::{Error, Result};
 use crate::model::{Cidr, Mac, VmNet};
 
-#[derive(Deserialize)]
-struct FileSubset {
-    name: String,
-    #[serde(default)]
-    network: Vec<NetSubset>,
-}
-
-#[derive(Deserialize)]
-struct NetSubset {
-    tap: String,
-    mac: String,
-    bridge: Option<String>,
-    address: Option<String>,
-    gateway: Option<String>,
-}
-
-/// What one file contributes: managed entries, and notes about entries netctl skips.
+/// What the files contribute: managed entries, and notes about entries netctl skips.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub nets: Vec<VmNet>,
     pub notes: Vec<String>,
 }
 
-/// Loads every file. Parse and per-field problems of all files are reported together.
+/// Loads every file (full vmconfig validation, minus file-system checks). The netctl
+/// problems of all files are reported together.
 pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded> {
     let mut out = Loaded::default();
     let mut problems = Vec::new();
     for p in paths {
         let p = p.as_ref();
+        let origin = p.display().to_string();
         let text = std::fs::read_to_string(p).map_err(|source| Error::ReadConfig {
             path: p.to_path_buf(),
             source,
         })?;
-        let file: FileSubset = serde_json::from_str(&text).map_err(|e| Error::ParseConfig {
+        let cfg = vmconfig::parse_unchecked(&text, &origin).map_err(|e| Error::ParseConfig {
             path: p.to_path_buf(),
             msg: e.to_string(),
         })?;
-        for (i, n) in file.network.iter().enumerate() {
-            let at = format!("{}: network[{i}]", p.display());
-            match convert(&file.name, &p.display().to_string(), n, &at) {
+        for (i, n) in cfg.network.iter().enumerate() {
+            let at = format!("{origin}: network[{i}]");
+            match convert(&cfg.name, &origin, n, &at) {
                 Ok(Some(v)) => out.nets.push(v),
                 Ok(None) => out.notes.push(format!(
                     "{at}: tap {} has no `bridge`; netctl does not manage it",
                     n.tap
                 )),
-                Err(mut e) => problems.append(&mut e),
+                Err(e) => problems.push(e),
             }
         }
     }
@@ -70,49 +54,34 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded> {
 fn convert(
     vm: &str,
     source: &str,
-    n: &NetSubset,
+    n: &NetConfig,
     at: &str,
-) -> std::result::Result<Option<VmNet>, Vec<String>> {
+) -> std::result::Result<Option<VmNet>, String> {
     let Some(bridge) = &n.bridge else {
         return Ok(None);
     };
-    let mut problems = Vec::new();
-    let mac = n
-        .mac
-        .parse::<Mac>()
-        .map_err(|e| problems.push(format!("{at}.mac: {e}")))
-        .ok();
-    let address = match &n.address {
-        None => {
-            problems.push(format!("{at}.address: required when `bridge` is set"));
-            None
-        }
-        Some(a) => a
-            .parse::<Cidr>()
-            .map_err(|e| problems.push(format!("{at}.address: {e}")))
-            .ok(),
+    let Some(a) = n.address else {
+        return Err(format!(
+            "{at}.address: required when `bridge` is set (netctl)"
+        ));
     };
-    let gateway = match (&n.gateway, address) {
-        (Some(g), _) => g
-            .parse::<Ipv4Addr>()
-            .map_err(|_| problems.push(format!("{at}.gateway: `{g}` is not an IPv4 address")))
-            .ok(),
-        // Default: the first host address of the subnet.
-        (None, Some(a)) => Some(Ipv4Addr::from(u32::from(a.network()) + 1)),
-        (None, None) => None,
+    let address = Cidr {
+        addr: a.addr,
+        prefix: a.prefix,
     };
-    match (mac, address, gateway) {
-        (Some(mac), Some(address), Some(gateway)) if problems.is_empty() => Ok(Some(VmNet {
-            vm: vm.to_string(),
-            source: source.to_string(),
-            tap: n.tap.clone(),
-            bridge: bridge.clone(),
-            mac,
-            address,
-            gateway,
-        })),
-        _ => Err(problems),
-    }
+    // Default gateway: the first host address of the subnet.
+    let gateway = n
+        .gateway
+        .unwrap_or_else(|| Ipv4Addr::from(u32::from(address.network()) + 1));
+    Ok(Some(VmNet {
+        vm: vm.to_string(),
+        source: source.to_string(),
+        tap: n.tap.clone(),
+        bridge: bridge.clone(),
+        mac: Mac(n.mac.0),
+        address,
+        gateway,
+    }))
 }
 
 #[cfg(test)]
@@ -145,20 +114,35 @@ mod tests {
 
     #[test]
     fn load_when_no_bridge_then_skipped_with_note() {
-        let f = file(r#"{"name":"vm1","network":[{"tap":"t0","mac":"02:00:00:00:00:01"}]}"#);
+        let f = file(
+            r#"{"name":"vm1","vcpus":1,"memory_mib":64,"kernel":{"path":"/k"},
+               "network":[{"tap":"t0","mac":"02:00:00:00:00:01"}]}"#,
+        );
         let l = load_files(&[f.path()]).unwrap();
         assert!(l.nets.is_empty());
         assert_eq!(l.notes.len(), 1);
     }
 
     #[test]
-    fn load_when_bad_fields_then_every_problem_reported() {
+    fn load_when_bridge_without_address_in_two_files_then_both_reported() {
+        let text = r#"{"name":"vm1","vcpus":1,"memory_mib":64,"kernel":{"path":"/k"},
+                       "network":[{"tap":"t0","mac":"02:00:00:00:00:01","bridge":"b0"}]}"#;
+        let (a, b) = (file(text), file(&text.replace("vm1", "vm2")));
+        match load_files(&[a.path(), b.path()]) {
+            Err(Error::Validate(p)) => assert_eq!(p.len(), 2, "{p:?}"),
+            other => panic!("expected validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_when_bad_mac_then_vmconfig_error_with_position() {
         let f = file(
-            r#"{"name":"vm1","network":[{"tap":"t0","mac":"zz","bridge":"b0","gateway":"x"}]}"#,
+            r#"{"name":"vm1","vcpus":1,"memory_mib":64,"kernel":{"path":"/k"},
+               "network":[{"tap":"t0","mac":"zz","bridge":"b0"}]}"#,
         );
         match load_files(&[f.path()]) {
-            Err(Error::Validate(p)) => assert_eq!(p.len(), 3, "{p:?}"),
-            other => panic!("expected validation error, got {other:?}"),
+            Err(Error::ParseConfig { msg, .. }) => assert!(msg.contains("network[0].mac"), "{msg}"),
+            other => panic!("expected parse error, got {other:?}"),
         }
     }
 
