@@ -2,6 +2,7 @@
 
 mod examples;
 mod parse;
+mod robust;
 mod validate;
 
 use crate::{ConfigError, Problem};
