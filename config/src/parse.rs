@@ -79,10 +79,7 @@ fn problem_from_serde(text: &str, e: &serde_json::Error) -> Problem {
     let path = entry.map(|en| en.path.clone()).unwrap_or_default();
     let syntax = !matches!(e.classify(), serde_json::error::Category::Data);
     let (path, pos) = match entry {
-        // Where serde stopped is the best spot for a syntax error.
-        _ if syntax => (path, clamp(at)),
-        None => (path, clamp(at)),
-        Some(en) => {
+        Some(en) if !syntax => {
             if let Some(field) = missing {
                 (join_key(&path, field), index.pos_of(en.value_start))
             } else if message.starts_with("unknown field ")
@@ -93,6 +90,8 @@ fn problem_from_serde(text: &str, e: &serde_json::Error) -> Problem {
                 (path, index.pos_of(en.value_start))
             }
         }
+        // Where serde stopped is the best spot for a syntax error.
+        _ => (path, clamp(at)),
     };
     Problem {
         path,

@@ -175,12 +175,12 @@ impl Validator {
     }
 
     fn network(&mut self, nets: &[NetConfig]) {
-        let mut taps = HashMap::new();
-        let mut macs = HashMap::new();
+        let mut taps = Seen::new("network", "tap");
+        let mut macs = Seen::new("network", "mac");
         for (i, net) in nets.iter().enumerate() {
             let at = |field: &str| format!("network[{i}].{field}");
             self.report(at("tap"), check_ifname(&net.tap));
-            self.duplicate(&mut taps, net.tap.as_str(), i, at("tap"), "network", "tap");
+            self.report(at("tap"), taps.check(net.tap.as_str(), i));
             if net.mac.is_zero() {
                 self.push(at("mac"), "must not be all zeros");
             } else if net.mac.is_multicast() {
@@ -192,7 +192,7 @@ impl Validator {
                     ),
                 );
             }
-            self.duplicate(&mut macs, net.mac, i, at("mac"), "network", "mac");
+            self.report(at("mac"), macs.check(net.mac, i));
             if let Some(bridge) = &net.bridge {
                 self.report(at("bridge"), check_ifname(bridge));
                 if nets.iter().any(|n| &n.tap == bridge) {
@@ -248,7 +248,7 @@ impl Validator {
     }
 
     fn shares(&mut self, shares: &[ShareConfig]) {
-        let mut tags = HashMap::new();
+        let mut tags = Seen::new("shares", "tag");
         for (i, share) in shares.iter().enumerate() {
             let at = |field: &str| format!("shares[{i}].{field}");
             if share.tag.is_empty() || share.tag.len() > MAX_TAG_LEN {
@@ -259,7 +259,7 @@ impl Validator {
             } else if share.tag.contains('\0') {
                 self.push(at("tag"), "must not contain NUL");
             }
-            self.duplicate(&mut tags, share.tag.as_str(), i, at("tag"), "shares", "tag");
+            self.report(at("tag"), tags.check(share.tag.as_str(), i));
             self.directory(&at("source"), &share.source);
         }
     }
@@ -295,24 +295,6 @@ impl Validator {
                 cfg.shares.len()
             ),
         );
-    }
-
-    /// Records `key` as seen at `index`; reports the later one of a duplicate pair.
-    fn duplicate<K: Eq + Hash + std::fmt::Display>(
-        &mut self,
-        seen: &mut HashMap<K, usize>,
-        key: K,
-        index: usize,
-        path: String,
-        list: &str,
-        field: &str,
-    ) {
-        if let Some(first) = seen.get(&key) {
-            let message = format!("duplicate {field} {key}, also used by {list}[{first}]");
-            self.push(path, message);
-        } else {
-            seen.insert(key, index);
-        }
     }
 
     fn non_empty(&mut self, path: &str, p: &Path) -> bool {
@@ -363,5 +345,34 @@ impl Validator {
             Ok(_) => self.push(path, format!("{} is not a directory", parent.display())),
             Err(e) => self.push(path, format!("parent directory {}: {e}", parent.display())),
         }
+    }
+}
+
+/// Values seen so far in one list field, to report duplicates.
+struct Seen<K> {
+    list: &'static str,
+    field: &'static str,
+    first: HashMap<K, usize>,
+}
+
+impl<K: Eq + Hash + std::fmt::Display> Seen<K> {
+    fn new(list: &'static str, field: &'static str) -> Self {
+        Seen {
+            list,
+            field,
+            first: HashMap::new(),
+        }
+    }
+
+    /// Records `key` at `index`; the later one of a duplicate pair is the error.
+    fn check(&mut self, key: K, index: usize) -> Result<(), String> {
+        if let Some(first) = self.first.get(&key) {
+            let (list, field) = (self.list, self.field);
+            return Err(format!(
+                "duplicate {field} {key}, also used by {list}[{first}]"
+            ));
+        }
+        self.first.insert(key, index);
+        Ok(())
     }
 }
