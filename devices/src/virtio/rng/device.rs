@@ -122,6 +122,12 @@ impl Rng {
             }
             while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
                 let head = chain.head_index();
+                if head >= active.queue.size() {
+                    // There is no such descriptor to give back; the guest broke its ring.
+                    log::warn!("virtio-rng: avail ring names descriptor {head}; skipped");
+                    self.bad_descriptors += 1;
+                    continue;
+                }
                 let len = match fill_chain(chain, &active.mem, &mut self.buf) {
                     Ok(len) => len,
                     Err(e) => {
@@ -136,11 +142,7 @@ impl Rng {
                         self.requests_served += 1;
                         self.bytes_served += u64::from(len);
                     }
-                    Err(e) => {
-                        // Only a head index outside the queue gets here; nothing to return.
-                        log::warn!("virtio-rng: cannot return chain {head}: {e}");
-                        self.bad_descriptors += 1;
-                    }
+                    Err(e) => log::error!("virtio-rng: cannot return chain {head}: {e}"),
                 }
             }
             match active.queue.enable_notification(&active.mem) {
