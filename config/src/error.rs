@@ -17,7 +17,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem without a position yet; [`crate::parse`] fills it in from the source text.
+    /// A problem without a position yet; [`crate::parse()`] fills it in from the source text.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Problem {
             path: path.into(),

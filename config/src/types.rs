@@ -1,7 +1,7 @@
 //! The serde types of a VM config file (`vmN.json`).
 //!
 //! Only syntax and shape are checked here (unknown fields, types, malformed MAC/CIDR strings);
-//! everything that needs more than one field or the file system lives in [`crate::validate`].
+//! everything that needs more than one field or the file system lives in [`crate::validate()`].
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -44,7 +44,7 @@ impl Default for Checks {
 }
 
 /// Every problem with `cfg`, file checks included. Positions are 0 (no source text); use
-/// [`crate::parse`] to get them filled in.
+/// [`crate::parse()`] to get them filled in.
 pub fn validate(cfg: &VmConfig) -> Vec<Problem> {
     validate_with(cfg, Checks::ALL)
 }
