@@ -13,6 +13,8 @@ pub mod btrfs;
 pub mod dir;
 pub mod zfs;
 pub mod zfs_parse;
+#[cfg(test)]
+mod zfs_tests;
 
 /// Whether an idempotent operation did something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
