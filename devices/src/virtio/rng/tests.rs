@@ -129,7 +129,8 @@ fn process_when_not_activated_then_nothing_happens() {
 #[test]
 fn process_when_bad_chain_then_counted_and_next_chain_served() {
     type Publish = fn(&MockSplitQueue<GuestMemoryMmap>);
-    let cases: [(&str, Publish, Option<(u32, u32)>); 7] = [
+    type Case = (&'static str, Publish, Option<(u32, u32)>);
+    let cases: [Case; 7] = [
         (
             "buffer outside memory",
             |q| add_chain(q, 0, &[(MEM_SIZE as u64 - 8, 16, WRITE, 0)]),
