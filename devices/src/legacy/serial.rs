@@ -255,26 +255,33 @@ impl SerialInput {
     }
 
     fn handle_input(&mut self, ops: &mut EventOps) {
-        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
-        let room = serial.fifo_capacity();
+        let room = {
+            let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+            let room = serial.fifo_capacity();
+            if room == 0 {
+                // Wait for the guest to drain the FIFO instead of spinning on a readable fd.
+                // Armed under the lock, so the guest cannot drain it unnoticed in between.
+                serial.arm_wakeup();
+            }
+            room
+        };
         if room == 0 {
-            // Wait for the guest to drain the FIFO instead of spinning on a readable fd.
-            serial.arm_wakeup();
-            drop(serial);
             self.unwatch_input(ops);
             return;
         }
         let mut buf = [0u8; 64];
         let want = room.min(buf.len());
-        // One read per readiness event: epoll said there is data, so this does not block.
+        // One read per readiness event. The UART is not locked during the read: should the
+        // read block after all (someone else drained stdin), the vCPUs keep running. Only
+        // this handler fills the FIFO, so the room measured above can only have grown.
         match self.input.read(&mut buf[..want]) {
             Ok(0) => {
-                drop(serial);
                 log::info!("serial: input closed (EOF); no more guest input");
                 self.closed = true;
                 self.unwatch_input(ops);
             }
             Ok(n) => {
+                let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
                 let queued = serial.enqueue_input(&buf[..n]);
                 self.forwarded += queued as u64;
             }
@@ -284,7 +291,6 @@ impl SerialInput {
                     io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                 ) => {}
             Err(e) => {
-                drop(serial);
                 log::error!("serial: reading input failed: {e}; no more guest input");
                 self.closed = true;
                 self.unwatch_input(ops);

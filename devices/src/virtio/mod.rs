@@ -40,9 +40,9 @@
 //! // 4. The glue: `init` registers the device's ACTIVATE eventfd; queue eventfds follow
 //! //    on the event loop thread once the guest sets DRIVER_OK on a vCPU thread.
 //! event_manager.add_subscriber(rng);
-//! // The kernel finds the device through ACPI (LNRO0005) or
-//! // `virtio_mmio.device=4K@0xd0002000:10` on the command line.
-//! # let _ = gsi;
+//! // The kernel finds the device through ACPI (LNRO0005) or through the command line:
+//! let arg = devices::virtio::kernel_cmdline_arg(base, gsi);
+//! assert_eq!(arg, "virtio_mmio.device=4K@0xd0002000:10");
 //! # Ok(())
 //! # }
 //! ```
@@ -59,7 +59,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use glue::{process_queue_token, queue_index_of_token, EventGlue, ACTIVATE};
 pub use interrupt::{VirtioInterrupt, INTERRUPT_STATUS_CONFIG_CHANGED, INTERRUPT_STATUS_USED_RING};
-pub use mmio::{MmioTransport, TransportError, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+pub use mmio::{kernel_cmdline_arg, MmioTransport, TransportError, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 
 /// Device type ids (virtio 1.2, section 5).
 pub mod device_type {

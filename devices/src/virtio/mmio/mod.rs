@@ -26,6 +26,12 @@ pub const MMIO_LEN: u64 = 0x1000;
 /// the queue index as datamatch (4 bytes).
 pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
+/// The kernel command-line argument that makes Linux probe a virtio-mmio device at `base`
+/// with interrupt `gsi` (needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES; ACPI is the other way).
+pub fn kernel_cmdline_arg(base: u64, gsi: u32) -> String {
+    format!("virtio_mmio.device={}K@{base:#x}:{gsi}", MMIO_LEN / 1024)
+}
+
 /// "virt" in little endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
 /// The modern virtio-mmio layout.

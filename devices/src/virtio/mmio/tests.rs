@@ -498,3 +498,11 @@ fn new_when_device_lacks_version1_or_bad_queue_size_then_error() {
         "{err}"
     );
 }
+
+#[test]
+fn kernel_cmdline_arg_when_formatted_then_linux_syntax() {
+    assert_eq!(
+        kernel_cmdline_arg(0xd000_2000, 10),
+        "virtio_mmio.device=4K@0xd0002000:10"
+    );
+}
