@@ -2,7 +2,9 @@
 //! instruction executes in 64-bit long mode (Linux64) or 32-bit protected mode (PVH) and reaches
 //! the ACPI PM port. On PVM these few instructions are emulated one by one, which is fine.
 
-use arch::boot::{BootEntry, BootProtocol};
+use std::io::Write;
+
+use arch::boot::{load_and_configure, BootEntry, BootProtocol, BootSpec};
 use arch::layout::{ACPI_PM_PORT, HIMEM_START, PVH_INFO_START, ZERO_PAGE_START};
 use arch::memory::create_guest_memory;
 use arch::vcpu::configure_vcpu;
@@ -161,5 +163,122 @@ fn configure_vcpu_when_application_processor_then_cpuid_and_lapic_set_without_bo
         (arch::vcpu::lapic_reg(&lapic, 0x360) >> 8) & 7,
         4,
         "LINT1 NMI"
+    );
+}
+
+/// `mov al, [rsi + 0x210]` (zero page `type_of_loader`); `mov dx, 0x3c0; out dx, al; hlt`.
+const READ_ZERO_PAGE_CODE: &[u8] = &[
+    0x8a, 0x86, 0x10, 0x02, 0x00, 0x00, 0x66, 0xba, 0xc0, 0x03, 0xee, 0xf4,
+];
+/// `mov eax, [ebx]` (`hvm_start_info.magic`); `mov dx, 0x3c0; out dx, eax; hlt`.
+const READ_START_INFO_CODE: &[u8] = &[0x8b, 0x03, 0x66, 0xba, 0xc0, 0x03, 0xef, 0xf4];
+
+/// An ELF64 executable loading `code` at 2 MiB with its entry there; with `pvh`, a Xen
+/// PHYS32_ENTRY note points at the same code.
+fn elf_kernel(code: &[u8], pvh: bool) -> Vec<u8> {
+    const LOAD: u64 = 0x20_0000;
+    let mut image = Vec::new();
+    image.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    image.extend_from_slice(&[2, 0, 0x3e, 0, 1, 0, 0, 0]); // ET_EXEC, x86-64, version 1
+    for quad in [LOAD, 64, 0] {
+        image.extend_from_slice(&u64::to_le_bytes(quad)); // entry, phoff, shoff
+    }
+    image.extend_from_slice(&[0; 4]); // flags
+    for half in [64u16, 56, 1 + u16::from(pvh), 0, 0, 0] {
+        image.extend_from_slice(&half.to_le_bytes());
+    }
+    let mut phdr = |p_type: u32, offset: u64, paddr: u64, size: u64| {
+        image.extend_from_slice(&p_type.to_le_bytes());
+        image.extend_from_slice(&5u32.to_le_bytes());
+        for quad in [offset, paddr, paddr, size, size, 0x1000] {
+            image.extend_from_slice(&quad.to_le_bytes());
+        }
+    };
+    phdr(1, 0x200, LOAD, code.len() as u64);
+    if pvh {
+        phdr(4, 0x100, 0, 20);
+    }
+    image.resize(0x100, 0);
+    for word in [4u32, 4, 18] {
+        image.extend_from_slice(&word.to_le_bytes());
+    }
+    image.extend_from_slice(b"Xen\0");
+    image.extend_from_slice(&(LOAD as u32).to_le_bytes());
+    image.resize(0x200, 0);
+    image.extend_from_slice(code);
+    image
+}
+
+/// A bzImage (one setup sector, 64-bit entry flag) whose protected-mode part holds `code` at
+/// the 64-bit entry offset 0x200.
+fn bzimage_kernel(code: &[u8]) -> Vec<u8> {
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&(HIMEM_START as u32).to_le_bytes());
+    image[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+    image.resize(1024 + 0x200, 0x90);
+    image.extend_from_slice(code);
+    image
+}
+
+fn boot_file(t: &TestVm, kernel: &[u8]) -> (BootEntry, VcpuFd) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(kernel).unwrap();
+    let spec = BootSpec {
+        kernel: file.path(),
+        initrd: None,
+        cmdline: "console=ttyS0",
+        num_cpus: 1,
+        rsdp: None,
+    };
+    let entry = load_and_configure(&t.mem, &spec).expect("load_and_configure");
+    let vcpu = configured_vcpu(t, &entry, 0, 1);
+    (entry, vcpu)
+}
+
+#[test]
+fn boot_when_bzimage_then_64bit_entry_reads_zero_page_through_rsi() {
+    let Some(t) = test_vm() else { return };
+    let (entry, mut vcpu) = boot_file(&t, &bzimage_kernel(READ_ZERO_PAGE_CODE));
+    assert_eq!(entry.protocol, BootProtocol::Linux64);
+
+    let (port, data) = run_to_port_write(&mut vcpu);
+
+    assert_eq!(
+        (port, data),
+        (ACPI_PM_PORT, vec![0xff]),
+        "type_of_loader via rsi"
+    );
+}
+
+#[test]
+fn boot_when_elf_without_pvh_note_then_64bit_entry_reads_zero_page() {
+    let Some(t) = test_vm() else { return };
+    let (entry, mut vcpu) = boot_file(&t, &elf_kernel(READ_ZERO_PAGE_CODE, false));
+    assert_eq!(entry.protocol, BootProtocol::Linux64);
+
+    let (port, data) = run_to_port_write(&mut vcpu);
+
+    assert_eq!((port, data), (ACPI_PM_PORT, vec![0xff]));
+}
+
+#[test]
+fn boot_when_elf_with_pvh_note_then_32bit_entry_reads_start_info_magic_through_ebx() {
+    let Some(t) = test_vm() else { return };
+    let (entry, mut vcpu) = boot_file(&t, &elf_kernel(READ_START_INFO_CODE, true));
+    assert_eq!(entry.protocol, BootProtocol::Pvh);
+
+    let (port, data) = run_to_port_write(&mut vcpu);
+
+    assert_eq!(port, ACPI_PM_PORT);
+    assert_eq!(
+        data,
+        0x336e_c578u32.to_le_bytes(),
+        "hvm_start_info magic via ebx"
     );
 }

@@ -132,7 +132,8 @@ pub fn boot_sregs(mut sregs: kvm_sregs, protocol: BootProtocol) -> kvm_sregs {
     sregs.idt.limit = 7;
     match protocol {
         BootProtocol::Linux64 => {
-            sregs.cr0 |= CR0_PE | CR0_PG;
+            // Caches on (CD and NW clear, unlike after reset), protected mode, paging.
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
             sregs.cr3 = PML4_START;
             sregs.cr4 |= CR4_PAE;
             sregs.efer |= EFER_LME | EFER_LMA;
@@ -244,8 +245,12 @@ mod tests {
 
     #[test]
     fn boot_sregs_when_linux64_then_long_mode_paging() {
-        let sregs = boot_sregs(kvm_sregs::default(), BootProtocol::Linux64);
-        assert_eq!(sregs.cr0 & (CR0_PE | CR0_PG), CR0_PE | CR0_PG);
+        let reset = kvm_sregs {
+            cr0: 0x6000_0010, // CD | NW | ET
+            ..Default::default()
+        };
+        let sregs = boot_sregs(reset, BootProtocol::Linux64);
+        assert_eq!(sregs.cr0, CR0_PE | CR0_ET | CR0_PG);
         assert_eq!(sregs.cr3, PML4_START);
         assert_ne!(sregs.cr4 & CR4_PAE, 0);
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
