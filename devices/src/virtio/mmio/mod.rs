@@ -64,6 +64,11 @@ pub mod regs {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG: u64 = 0x100;
 }
@@ -290,6 +295,11 @@ impl MmioTransport {
             regs::INTERRUPT_STATUS => self.interrupt.status(),
             regs::STATUS => self.status,
             regs::CONFIG_GENERATION => self.interrupt.config_generation(),
+            // No shared memory regions: all ones means "no such region" to Linux, which
+            // probes them (virtio-fs asks for its DAX window).
+            regs::SHM_LEN_LOW | regs::SHM_LEN_HIGH | regs::SHM_BASE_LOW | regs::SHM_BASE_HIGH => {
+                u32::MAX
+            }
             _ => {
                 log::warn!(
                     "virtio-mmio (type {}): read of unknown or write-only register {offset:#x}",
@@ -324,6 +334,7 @@ impl MmioTransport {
             | regs::QUEUE_DEVICE_LOW
             | regs::QUEUE_DEVICE_HIGH => self.write_queue_reg(offset, value),
             regs::QUEUE_NOTIFY => self.notify_queue(value),
+            regs::SHM_SEL => {}
             regs::INTERRUPT_ACK => self.interrupt.ack(value),
             regs::STATUS => self.write_status(value),
             _ => log::warn!(
@@ -365,7 +376,10 @@ impl MmioTransport {
     }
 
     fn write_queue_reg(&mut self, offset: u64, value: u32) {
-        if self.status != ACKNOWLEDGE | DRIVER | FEATURES_OK {
+        // Linux clears QueueReady when it deletes queues, whatever the status; that only
+        // changes the register (an active device keeps serving until reset).
+        let disabling = offset == regs::QUEUE_READY && value == 0;
+        if self.status != ACKNOWLEDGE | DRIVER | FEATURES_OK && !disabling {
             log::warn!(
                 "virtio-mmio (type {}): queue register {offset:#x} written in status {:#x}, \
                  ignored",

@@ -506,3 +506,28 @@ fn kernel_cmdline_arg_when_formatted_then_linux_syntax() {
         "virtio_mmio.device=4K@0xd0002000:10"
     );
 }
+
+#[test]
+fn shm_registers_when_probed_then_no_region() {
+    let mut h = Harness::new();
+    h.w(regs::SHM_SEL, 0);
+    assert_eq!(h.r(regs::SHM_LEN_LOW), u32::MAX);
+    assert_eq!(h.r(regs::SHM_LEN_HIGH), u32::MAX);
+}
+
+#[test]
+fn queue_ready_when_cleared_after_driver_ok_then_reads_zero_and_device_stays_active() {
+    let mut h = Harness::new();
+    h.init_all(VIRTIO_F_VERSION_1);
+    h.w(regs::QUEUE_SEL, 1);
+    assert_eq!(h.r(regs::QUEUE_READY), 1);
+    h.w(regs::QUEUE_READY, 0);
+    assert_eq!(h.r(regs::QUEUE_READY), 0);
+    h.w(regs::QUEUE_READY, 1);
+    assert_eq!(
+        h.r(regs::QUEUE_READY),
+        0,
+        "enabling after DRIVER_OK is refused"
+    );
+    assert!(h.dev.lock().unwrap().active);
+}
