@@ -230,7 +230,9 @@ mod tests {
         let result = create_guest_memory(size, true);
         if free_hugepages() >= size / HUGEPAGE_SIZE {
             let mem = result.unwrap();
-            assert!(mem.iter().next().unwrap().is_hugetlbfs() == Some(true));
+            assert_eq!(mem.iter().next().unwrap().is_hugetlbfs(), Some(true));
+            mem.write_obj(0x1234_u16, GuestAddress(size - 2)).unwrap();
+            assert_eq!(mem.read_obj::<u16>(GuestAddress(size - 2)).unwrap(), 0x1234);
         } else {
             eprintln!("NOTE: no free huge pages on this machine: checking the error path only");
             let err = result.unwrap_err();
