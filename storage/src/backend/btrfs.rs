@@ -196,7 +196,21 @@ impl Backend for BtrfsBackend {
             Outcome::Created
         };
         let snaps = self.root.join(SNAPSHOT_DIR);
-        std::fs::create_dir_all(&snaps).map_err(io_err("create directory", snaps))?;
+        if let Err(e) = std::fs::create_dir_all(&snaps) {
+            let err = io_err("create directory", &snaps)(e);
+            if outcome == Outcome::Created {
+                // Do not leave a half-made root behind.
+                if let Err(cleanup) = self.subvol_delete(&self.root) {
+                    return Err(StorageError::Cleanup {
+                        op: "init",
+                        what: self.root.display().to_string(),
+                        source: Box::new(err),
+                        cleanup: Box::new(cleanup),
+                    });
+                }
+            }
+            return Err(err);
+        }
         Ok(outcome)
     }
 
