@@ -8,6 +8,10 @@
 //! 3. the shared [`MmioTransport`], which the guest drives through the MMIO bus and which
 //!    activates and resets the model.
 //!
+//! Devices drain their queues with [`queue_loop::serve_available`] (disable notifications,
+//! drain, re-enable, repeat if more arrived; a device may defer a chain, e.g. net RX with no
+//! packet waiting).
+//!
 //! # Wiring one device in the VMM
 //!
 //! ```no_run
@@ -50,6 +54,7 @@
 mod glue;
 mod interrupt;
 pub mod mmio;
+pub mod queue_loop;
 pub mod rng;
 
 use std::sync::Arc;

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use crate::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
+use crate::virtio::queue_loop::{serve_available, Served};
 use crate::virtio::{
     device_type, ActivateArgs, ActivateError, EventGlue, VirtioDevice, VirtioInterrupt,
 };
@@ -115,56 +116,34 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
-        let mut used_any = false;
-        loop {
-            if let Err(e) = active.queue.disable_notification(&active.mem) {
-                log::error!("virtio-rng: cannot disable notifications: {e}");
-            }
-            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
-                let head = chain.head_index();
-                if head >= active.queue.size() {
-                    // There is no such descriptor to give back; the guest broke its ring.
-                    log::warn!("virtio-rng: avail ring names descriptor {head}; skipped");
-                    self.bad_descriptors += 1;
-                    continue;
+        let (buf, bad, served) = (
+            &mut self.buf,
+            &mut self.bad_descriptors,
+            &mut self.bytes_served,
+        );
+        let drained = serve_available("virtio-rng", &mut active.queue, &active.mem, |chain| {
+            let head = chain.head_index();
+            match fill_chain(chain, &active.mem, buf) {
+                Ok(len) => {
+                    *served += u64::from(len);
+                    Served::Used(len)
                 }
-                let len = match fill_chain(chain, &active.mem, &mut self.buf) {
-                    Ok(len) => len,
-                    Err(e) => {
-                        log::warn!("virtio-rng: bad descriptor chain at head {head}: {e}");
-                        self.bad_descriptors += 1;
-                        0
-                    }
-                };
-                match active.queue.add_used(&active.mem, head, len) {
-                    Ok(()) => {
-                        used_any = true;
-                        self.requests_served += 1;
-                        self.bytes_served += u64::from(len);
-                    }
-                    Err(e) => log::error!("virtio-rng: cannot return chain {head}: {e}"),
-                }
-            }
-            match active.queue.enable_notification(&active.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
                 Err(e) => {
-                    log::error!("virtio-rng: cannot enable notifications: {e}");
-                    break;
+                    log::warn!("virtio-rng: bad descriptor chain at head {head}: {e}");
+                    *bad += 1;
+                    // Returned empty so the guest gets its buffers back.
+                    Served::Used(0)
                 }
             }
-        }
-        if !used_any {
-            return false;
-        }
-        // If the used_event cannot be read, interrupting is the safe choice.
-        let notify = active.queue.needs_notification(&active.mem).unwrap_or(true);
-        if notify {
+        });
+        self.bad_descriptors += u64::from(drained.bad_heads);
+        self.requests_served += u64::from(drained.used);
+        if drained.notify {
             if let Err(e) = active.interrupt.signal_used_queue() {
                 log::error!("virtio-rng: cannot interrupt the guest: {e}");
             }
         }
-        notify
+        drained.notify
     }
 }
 

@@ -106,6 +106,32 @@ fn process_when_two_requests_then_bytes_differ() {
 }
 
 #[test]
+fn process_when_indirect_chain_then_its_buffers_filled() {
+    let mem = memory();
+    let q = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);
+    // A two-entry indirect table at 0x30000, written like a driver would.
+    let table = [
+        SplitDescriptor::new(0x31000, 8, WRITE | NEXT, 1),
+        SplitDescriptor::new(0x32000, 24, WRITE, 0),
+    ];
+    for (i, d) in table.iter().enumerate() {
+        mem.write_obj(
+            RawDescriptor::from(*d),
+            GuestAddress(0x30000 + 16 * i as u64),
+        )
+        .unwrap();
+    }
+    add_chain(&q, 0, &[(0x30000, 32, INDIRECT, 0)]);
+    let (mut rng, _irq) = active_rng(&mem, &q);
+
+    rng.process_queue();
+
+    assert_eq!(used(&q), vec![(0, 32)]);
+    assert_ne!(read_mem(&mem, 0x32000, 24), vec![0; 24]);
+    assert_eq!(rng.bad_descriptors(), 0);
+}
+
+#[test]
 fn process_when_request_above_cap_then_capped() {
     let mem = memory();
     let q = MockSplitQueue::new(&mem, MOCK_QUEUE_SIZE);

@@ -1,0 +1,136 @@
+//! The queue loop every device runs: disable notifications, drain the available ring,
+//! re-enable notifications, and go again if re-enabling says more arrived meanwhile.
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+/// What a device did with one descriptor chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Return the chain to the guest with this many bytes written into it.
+    Used(u32),
+    /// The device cannot take the chain now (e.g. no packet to receive): leave it in the
+    /// available ring and stop draining.
+    Later,
+}
+
+/// The outcome of one [`serve_available`] call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Chains returned to the used ring.
+    pub used: u32,
+    /// Available-ring entries naming a descriptor outside the queue (nothing to return).
+    pub bad_heads: u32,
+    /// Whether the guest wants an interrupt for the chains used (EVENT_IDX aware).
+    pub notify: bool,
+    /// Whether draining stopped on [`Served::Later`].
+    pub stopped: bool,
+}
+
+/// Pops every available chain of `queue` and hands it to `serve`. Guest memory errors on the
+/// rings are logged (`name` prefixes the messages) and end the loop; nothing panics.
+pub fn serve_available<F>(
+    name: &str,
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: F,
+) -> Drained
+where
+    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Served,
+{
+    let mut out = Drained::default();
+    'outer: loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            log::error!("{name}: cannot disable queue notifications: {e}");
+        }
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            if head >= queue.size() {
+                log::warn!("{name}: available ring names descriptor {head}; skipped");
+                out.bad_heads += 1;
+                continue;
+            }
+            match serve(chain) {
+                Served::Used(len) => match queue.add_used(mem, head, len) {
+                    Ok(()) => out.used += 1,
+                    Err(e) => log::error!("{name}: cannot return chain {head}: {e}"),
+                },
+                Served::Later => {
+                    queue.go_to_previous_position();
+                    out.stopped = true;
+                    // Keep notifications on: the device retries when the guest adds more
+                    // or when its own backend becomes ready.
+                    if let Err(e) = queue.enable_notification(mem) {
+                        log::error!("{name}: cannot enable queue notifications: {e}");
+                    }
+                    break 'outer;
+                }
+            }
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                log::error!("{name}: cannot enable queue notifications: {e}");
+                break;
+            }
+        }
+    }
+    if out.used > 0 {
+        // If used_event cannot be read, interrupting is the safe choice.
+        out.notify = queue.needs_notification(mem).unwrap_or(true);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    fn setup(chains: u16) -> (GuestMemoryMmap, Vec<RawDescriptor>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let descs = (0..chains)
+            .map(|i| SplitDescriptor::new(0x10000 + u64::from(i) * 0x100, 0x100, 2, 0).into())
+            .collect();
+        (mem, descs)
+    }
+
+    #[test]
+    fn serve_when_device_defers_then_chain_stays_available() {
+        let (mem, descs) = setup(3);
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+
+        let mut budget = 1;
+        let first = serve_available("test", &mut queue, &mem, |_| {
+            if budget == 0 {
+                return Served::Later;
+            }
+            budget -= 1;
+            Served::Used(7)
+        });
+        assert_eq!(first.used, 1);
+        assert!(first.stopped && first.notify);
+
+        let second = serve_available("test", &mut queue, &mem, |_| Served::Used(1));
+        assert_eq!(
+            second.used, 2,
+            "the deferred chain is served on the next call"
+        );
+        assert!(!second.stopped);
+        assert_eq!(mock.used().idx().load(), 3);
+    }
+
+    #[test]
+    fn serve_when_nothing_available_then_no_notification() {
+        let (mem, _) = setup(0);
+        let mock = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        let out = serve_available("test", &mut queue, &mem, |_| Served::Used(1));
+        assert_eq!(out, Drained::default());
+    }
+}
