@@ -21,30 +21,43 @@ fn main() {
     let guest = build_guest("pvh_poweroff", dir.path()).expect("build guest");
 
     let tinyvmm = release_binary("tinyvmm").unwrap_or_else(|e| panic!("{e}"));
-    let config = dir.path().join("bench.json");
-    let json = format!(
-        r#"{{"name":"bench","vcpus":1,"memory_mib":{MEM_MIB},"kernel":{{"path":"{}"}},"serial":"none","boot_timer":true}}"#,
-        guest.display()
+    println!(
+        "guest: {} ({} MiB, 1 vCPU), {runs} runs each",
+        guest.display(),
+        MEM_MIB
     );
-    std::fs::write(&config, json).expect("write config");
-    let run_dir = dir.path().join("run");
-
-    println!("guest: {} ({} MiB, 1 vCPU), {runs} runs each", guest.display(), MEM_MIB);
-    let tiny: Vec<RunSample> = (0..runs)
-        .map(|_| {
-            let mut cmd = Command::new(&tinyvmm);
-            cmd.arg("run").arg(&config).arg("--run-dir").arg(&run_dir);
-            let s = measure(cmd).expect("run tinyvmm");
-            assert_eq!(s.status.code(), Some(0), "tinyvmm failed: {}", s.stderr);
-            s
-        })
-        .collect();
-    report("tinyvmm", &tiny);
+    for (label, extra) in [("tinyvmm", ""), ("tinyvmm pit=false", r#","pit":false"#)] {
+        let config = dir.path().join("bench.json");
+        let json = format!(
+            r#"{{"name":"bench","vcpus":1,"memory_mib":{MEM_MIB},"kernel":{{"path":"{}"}},"serial":"none","boot_timer":true{extra}}}"#,
+            guest.display()
+        );
+        std::fs::write(&config, json).expect("write config");
+        let samples = tinyvmm_samples(&tinyvmm, &config, &dir.path().join("run"), runs);
+        report(label, &samples);
+    }
 
     match qemu_samples(&guest, runs) {
         Ok(q) => report("qemu microvm", &q),
         Err(e) => println!("qemu microvm: not measured: {e}"),
     }
+}
+
+fn tinyvmm_samples(
+    tinyvmm: &std::path::Path,
+    config: &std::path::Path,
+    run_dir: &std::path::Path,
+    runs: usize,
+) -> Vec<RunSample> {
+    (0..runs)
+        .map(|_| {
+            let mut cmd = Command::new(tinyvmm);
+            cmd.arg("run").arg(config).arg("--run-dir").arg(run_dir);
+            let s = measure(cmd).expect("run tinyvmm");
+            assert_eq!(s.status.code(), Some(0), "tinyvmm failed: {}", s.stderr);
+            s
+        })
+        .collect()
 }
 
 fn qemu_samples(guest: &std::path::Path, runs: usize) -> Result<Vec<RunSample>, String> {

@@ -46,7 +46,13 @@ pub fn build_guest(name: &str, out_dir: &Path) -> Result<PathBuf, GuestBuildErro
     let elf = out_dir.join(format!("{name}.elf"));
     run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src))?;
     run(Command::new("ld")
-        .args(["-nostdlib", "-static", "--build-id=none", "-z", "noexecstack"])
+        .args([
+            "-nostdlib",
+            "-static",
+            "--build-id=none",
+            "-z",
+            "noexecstack",
+        ])
         .arg("-T")
         .arg(src.with_file_name("guest.ld"))
         .args(["-e", entry_symbol(name), "-o"])

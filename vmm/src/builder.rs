@@ -99,7 +99,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     register_guest_memory(&vm, &mem)?;
     timing.mark(Milestone::MemoryReady);
 
-    create_interrupt_controllers(&vm)?;
+    create_interrupt_controllers(&vm, cfg.pit)?;
     let exit = Arc::new(ExitRequest::new().map_err(BuildError::CreateExitEvent)?);
     let mut subscribers = Subscribers::new().map_err(BuildError::CreateEventManager)?;
     let mut platform = Platform::new(exit.clone());
@@ -186,8 +186,11 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), BuildEr
     Ok(())
 }
 
-fn create_interrupt_controllers(vm: &VmFd) -> Result<(), BuildError> {
+fn create_interrupt_controllers(vm: &VmFd, with_pit: bool) -> Result<(), BuildError> {
     vm.create_irq_chip().map_err(BuildError::CreateIrqchip)?;
+    if !with_pit {
+        return Ok(());
+    }
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()

@@ -45,6 +45,10 @@ impl Vcpu {
                 self.exit.request(kind);
                 return;
             }
+            // A device on this or another vCPU asked to stop: don't re-enter the guest.
+            if self.exit.kind().is_some() {
+                return;
+            }
         }
     }
 

@@ -146,7 +146,7 @@ fn run_when_guest_hits_boot_timer_then_timing_line_printed() {
 fn run_when_sigterm_and_guest_ignores_button_then_hard_stop_exit_5() {
     let f = Fixture::new();
     let cfg = f.config("spin", &f.guest("spin"), r#","shutdown_grace_secs":1"#);
-    let child = f.command(&cfg).spawn().unwrap();
+    let child = f.command(&cfg).env("TINYVMM_LOG", "info").spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
