@@ -133,12 +133,7 @@ impl Store {
     pub fn create(&self, vm: &str) -> Result<Outcome> {
         validate_vm_name(vm)?;
         if !self.backend.is_initialized()? {
-            return Err(StorageError::NotInitialized(
-                self.vm_path(vm)
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
-            ));
+            return Err(StorageError::NotInitialized(self.backend.root()));
         }
         if self.backend.vm_exists(vm)? {
             let problems = self.layout_problems(vm, true);
@@ -150,7 +145,9 @@ impl Store {
                 problems,
             });
         }
-        self.backend.create_volume(vm)?;
+        if let Err(e) = self.backend.create_volume(vm) {
+            return Err(self.undo_if_made(vm, "create", e));
+        }
         if let Err(e) = self.populate(vm) {
             return Err(self.undo_volume(vm, "create", e));
         }
@@ -187,6 +184,15 @@ impl Store {
                 source: Box::new(err),
                 cleanup: Box::new(cleanup),
             },
+        }
+    }
+
+    /// After a backend step failed: if it still made the volume (e.g. ZFS "filesystem
+    /// successfully created, but not mounted"), delete it.
+    fn undo_if_made(&self, vm: &str, op: &'static str, err: StorageError) -> StorageError {
+        match self.backend.vm_exists(vm) {
+            Ok(true) => self.undo_volume(vm, op, err),
+            _ => err,
         }
     }
 
@@ -313,7 +319,9 @@ impl Store {
         if self.backend.vm_exists(new_vm)? {
             return Err(StorageError::VmExists(new_vm.to_string()));
         }
-        self.backend.clone_snapshot(vm, snap, new_vm)?;
+        if let Err(e) = self.backend.clone_snapshot(vm, snap, new_vm) {
+            return Err(self.undo_if_made(new_vm, "clone", e));
+        }
         let problems = self.layout_problems(new_vm, false);
         if !problems.is_empty() {
             let err = StorageError::LayoutMismatch {

@@ -220,3 +220,17 @@ fn btrfs_init_when_root_not_on_btrfs_then_refused() {
     );
     assert!(matches!(store.init(), Err(StorageError::InitMismatch(_))));
 }
+
+#[test]
+fn btrfs_clone_when_snapshot_lacks_layout_then_clone_deleted() {
+    let fs = BtrfsFs::new();
+    let store = open(&fs);
+    store.init().unwrap();
+    store.create("tpl").unwrap();
+    std::fs::remove_dir(store.vm_path("tpl").join("var")).unwrap();
+    store.snapshot("tpl", Some("broken")).unwrap();
+    let err = store.clone_vm("tpl", "broken", "vm2").unwrap_err();
+    assert!(matches!(err, StorageError::LayoutMismatch { .. }), "{err}");
+    assert!(!store.vm_path("vm2").exists());
+    assert!(!fs.subvolumes().iter().any(|s| s.ends_with("vm2")));
+}

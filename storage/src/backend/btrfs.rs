@@ -178,6 +178,10 @@ impl Backend for BtrfsBackend {
         BackendKind::Btrfs
     }
 
+    fn root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
     fn vm_path(&self, vm: &str) -> PathBuf {
         self.root.join(vm)
     }

@@ -43,6 +43,10 @@ impl Backend for DirBackend {
         BackendKind::Dir
     }
 
+    fn root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
     fn vm_path(&self, vm: &str) -> PathBuf {
         self.root.join(vm)
     }

@@ -37,6 +37,8 @@ pub struct SnapshotInfo {
 /// have already been validated.
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
+    /// The directory holding the VMs' directories.
+    fn root(&self) -> PathBuf;
     /// Directory where the VM's files live.
     fn vm_path(&self, vm: &str) -> PathBuf;
     /// Creates the parent dataset/subvolume/directory at the root; idempotent.

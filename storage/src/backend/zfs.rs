@@ -57,6 +57,21 @@ impl ZfsBackend {
         }
     }
 
+    /// A new VM dataset must be mounted where the VM's files are expected, or the layout step
+    /// would write into whatever directory is there instead.
+    fn require_mounted(&self, vm: &str) -> Result<()> {
+        let ds = self.vm_dataset(vm);
+        let mounted = self.get("mounted", &ds)?;
+        let mountpoint = self.get("mountpoint", &ds)?;
+        if mounted == "yes" && Path::new(&mountpoint) == self.vm_path(vm) {
+            return Ok(());
+        }
+        Err(StorageError::NotAVolume {
+            path: self.vm_path(vm),
+            expected: format!("mount of {ds} (mounted={mounted}, mountpoint={mountpoint})"),
+        })
+    }
+
     fn get(&self, prop: &str, name: &str) -> Result<String> {
         let argv = args(["get", "-H", "-p", "-o", "value", prop, name]);
         let out = self.zfs(argv.clone())?;
@@ -70,6 +85,10 @@ impl ZfsBackend {
 impl Backend for ZfsBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Zfs
+    }
+
+    fn root(&self) -> PathBuf {
+        self.root.clone()
     }
 
     fn vm_path(&self, vm: &str) -> PathBuf {
@@ -108,8 +127,8 @@ impl Backend for ZfsBackend {
     }
 
     fn create_volume(&self, vm: &str) -> Result<()> {
-        self.zfs(args(["create".to_string(), self.vm_dataset(vm)]))
-            .map(drop)
+        self.zfs(args(["create".to_string(), self.vm_dataset(vm)]))?;
+        self.require_mounted(vm)
     }
 
     fn delete_volume(&self, vm: &str) -> Result<()> {
@@ -198,8 +217,8 @@ impl Backend for ZfsBackend {
                 snap: snap.into(),
             });
         }
-        self.zfs(args(["clone".to_string(), origin, self.vm_dataset(new_vm)]))
-            .map(drop)
+        self.zfs(args(["clone".to_string(), origin, self.vm_dataset(new_vm)]))?;
+        self.require_mounted(new_vm)
     }
 
     fn delete_snapshot(&self, vm: &str, snap: &str) -> Result<()> {

@@ -286,10 +286,11 @@ fn zfs_prune_when_22_snapshots_keep_20_then_two_oldest_destroyed() {
 }
 
 #[test]
-fn zfs_create_when_new_then_dataset_and_layout_and_when_layout_fails_then_destroyed() {
+fn zfs_create_when_new_then_dataset_mounted_checked_and_layout_made() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let mount = root.join("vm1");
+    let mp = format!("{}\n", mount.display());
     // `zfs create` mounts the new dataset at <root>/vm1 (inherited mountpoint).
     let mkdir: Effect = Box::new(move || std::fs::create_dir(&mount).unwrap());
     let script = Arc::new(
@@ -297,16 +298,58 @@ fn zfs_create_when_new_then_dataset_and_layout_and_when_layout_fails_then_destro
             .ok("zfs list -H -p -o name rpool/microvms", "rpool/microvms\n")
             .not_found("zfs list -H -p -o name rpool/microvms/vm1")
             .expect_with("zfs create rpool/microvms/vm1", 0, "", "", Some(mkdir))
-            // vm2: zfs says created but nothing is mounted -> the layout step fails.
-            .ok("zfs list -H -p -o name rpool/microvms", "rpool/microvms\n")
-            .not_found("zfs list -H -p -o name rpool/microvms/vm2")
-            .ok("zfs create rpool/microvms/vm2", "")
-            .ok("zfs destroy -r rpool/microvms/vm2", ""),
+            .ok("zfs get -H -p -o value mounted rpool/microvms/vm1", "yes\n")
+            .ok("zfs get -H -p -o value mountpoint rpool/microvms/vm1", &mp),
     );
     let s = store("rpool/microvms", &root, &script, tmp.path().join("run"));
     assert_eq!(s.create("vm1").unwrap(), Outcome::Created);
     assert!(root.join("vm1/etc").is_dir() && root.join("vm1/var").is_dir());
-    assert!(s.create("vm2").is_err());
+    script.assert_done();
+}
+
+#[test]
+fn zfs_create_when_dataset_made_but_not_mounted_then_destroyed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let mp = format!("{}\n", root.join("vm2").display());
+    let script = Arc::new(
+        Script::default()
+            // Case 1: zfs succeeds but the dataset is not mounted.
+            .ok("zfs list -H -p -o name rpool/microvms", "rpool/microvms\n")
+            .not_found("zfs list -H -p -o name rpool/microvms/vm2")
+            .ok("zfs create rpool/microvms/vm2", "")
+            .ok("zfs get -H -p -o value mounted rpool/microvms/vm2", "no\n")
+            .ok("zfs get -H -p -o value mountpoint rpool/microvms/vm2", &mp)
+            .ok(
+                "zfs list -H -p -o name rpool/microvms/vm2",
+                "rpool/microvms/vm2\n",
+            )
+            .ok("zfs destroy -r rpool/microvms/vm2", "")
+            // Case 2: zfs fails after creating the dataset (it exits non-zero with
+            // "filesystem successfully created, but not mounted" when the mount fails).
+            .ok("zfs list -H -p -o name rpool/microvms", "rpool/microvms\n")
+            .not_found("zfs list -H -p -o name rpool/microvms/vm2")
+            .expect(
+                "zfs create rpool/microvms/vm2",
+                1,
+                "",
+                "filesystem successfully created, but not mounted",
+            )
+            .ok(
+                "zfs list -H -p -o name rpool/microvms/vm2",
+                "rpool/microvms/vm2\n",
+            )
+            .ok("zfs destroy -r rpool/microvms/vm2", ""),
+    );
+    let s = store("rpool/microvms", &root, &script, tmp.path().join("run"));
+    let err = s.create("vm2").unwrap_err();
+    assert!(matches!(err, StorageError::NotAVolume { .. }), "{err}");
+    assert!(
+        !root.join("vm2").exists(),
+        "nothing written into an unmounted directory"
+    );
+    let err = s.create("vm2").unwrap_err();
+    assert!(matches!(err, StorageError::CommandFailed { .. }), "{err}");
     script.assert_done();
 }
 
@@ -315,6 +358,7 @@ fn zfs_clone_and_destroy_when_called_then_zfs_clone_and_destroy_r() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let mount = root.join("new");
+    let mp = format!("{}\n", mount.display());
     let mkdirs: Effect = Box::new(move || {
         std::fs::create_dir_all(mount.join("etc")).unwrap();
         std::fs::create_dir_all(mount.join("var")).unwrap();
@@ -338,6 +382,8 @@ fn zfs_clone_and_destroy_when_called_then_zfs_clone_and_destroy_r() {
                 "",
                 Some(mkdirs),
             )
+            .ok("zfs get -H -p -o value mounted rpool/ROOT/new", "yes\n")
+            .ok("zfs get -H -p -o value mountpoint rpool/ROOT/new", &mp)
             .ok("zfs list -H -p -o name rpool/ROOT/new", "rpool/ROOT/new\n")
             .ok("zfs destroy -r rpool/ROOT/new", "")
             .not_found("zfs list -H -p -o name rpool/ROOT/new"),

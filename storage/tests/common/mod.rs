@@ -153,6 +153,9 @@ impl<B: Backend> Backend for EtcIsAFile<B> {
     fn kind(&self) -> BackendKind {
         self.0.kind()
     }
+    fn root(&self) -> PathBuf {
+        self.0.root()
+    }
     fn vm_path(&self, vm: &str) -> PathBuf {
         self.0.vm_path(vm)
     }
