@@ -105,15 +105,16 @@ impl Serial {
 
     /// Queues `input` for the guest; returns how many bytes fit.
     pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
-        if input.is_empty() || self.uart.fifo_capacity() == 0 {
+        let room = self.uart.fifo_capacity();
+        if input.is_empty() || room == 0 {
             return 0;
         }
         match self.uart.enqueue_raw_bytes(input) {
             Ok(n) => n,
             Err(e) => {
-                // The bytes are queued even if raising the interrupt failed.
+                // The bytes are queued before the interrupt is raised, so they still count.
                 log::error!("serial: cannot deliver input interrupt: {e:?}");
-                input.len().min(self.uart.fifo_capacity())
+                input.len().min(room)
             }
         }
     }

@@ -176,3 +176,22 @@ fn is_pollable_input_when_socket_file_or_null_then_only_socket() {
     assert!(!is_pollable_input(file.as_raw_fd()));
     assert!(!is_pollable_input(-1));
 }
+
+/// An interrupt line that always fails, like an irqfd whose VM is gone.
+struct DeadIrq;
+
+impl Interrupt for DeadIrq {
+    fn trigger(&self) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+}
+
+#[test]
+fn enqueue_when_interrupt_fails_then_bytes_still_counted_and_readable() {
+    let serial = Serial::new(Arc::new(DeadIrq), Box::new(SharedBuf::default())).unwrap();
+    let serial = Arc::new(Mutex::new(serial));
+    write_byte(&serial, IER, IER_RDA);
+    let queued = serial.lock().unwrap().enqueue_input(b"abc");
+    assert_eq!(queued, 3);
+    assert_eq!(guest_read_all(&serial), b"abc");
+}
