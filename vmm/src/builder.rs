@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 
 use arch::boot::{BootEntry, BootSpec};
-use devices::bus::Bus;
 use devices::exit::ExitRequest;
 use event_manager::{EventManager, MutEventSubscriber};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -120,7 +119,13 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     let entry = load_kernel(&mem, cfg, &cmdline, rsdp)?;
     timing.mark(Milestone::KernelLoaded);
 
-    let vcpus = create_vcpus(&kvm, &vm, &mem, cfg, &entry, &mut platform, &exit, timing)?;
+    let setup = VcpuSetup {
+        mem: &mem,
+        entry: &entry,
+        exit: &exit,
+        timing,
+    };
+    let vcpus = create_vcpus(&kvm, &vm, num_cpus(cfg), &setup, &mut platform)?;
     Ok(Machine {
         _kvm: kvm,
         _vm: vm,
@@ -231,36 +236,39 @@ fn load_kernel(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every vCPU is created from.
+struct VcpuSetup<'a> {
+    mem: &'a GuestMemoryMmap,
+    entry: &'a BootEntry,
+    exit: &'a Arc<ExitRequest>,
+    timing: Timing,
+}
+
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    cfg: &VmConfig,
-    entry: &BootEntry,
+    num_cpus: u8,
+    setup: &VcpuSetup,
     platform: &mut Platform,
-    exit: &Arc<ExitRequest>,
-    timing: Timing,
 ) -> Result<Vec<Vcpu>, BuildError> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(BuildError::GetSupportedCpuid)?;
-    let (pio, mmio): (Arc<Bus>, Arc<Bus>) = platform.buses();
-    let n = num_cpus(cfg);
-    (0..n)
+    let (pio, mmio) = platform.buses();
+    (0..num_cpus)
         .map(|id| {
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .map_err(|source| BuildError::CreateVcpu { id, source })?;
-            arch::vcpu::configure_vcpu(&fd, &supported, mem, entry, id, n)
+            arch::vcpu::configure_vcpu(&fd, &supported, setup.mem, setup.entry, id, num_cpus)
                 .map_err(|source| BuildError::ConfigureVcpu { id, source })?;
             Ok(Vcpu {
                 id,
                 fd,
                 pio: pio.clone(),
                 mmio: mmio.clone(),
-                exit: exit.clone(),
-                timing,
+                exit: setup.exit.clone(),
+                timing: setup.timing,
             })
         })
         .collect()
