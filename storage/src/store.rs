@@ -145,9 +145,7 @@ impl Store {
                 problems,
             });
         }
-        if let Err(e) = self.backend.create_volume(vm) {
-            return Err(self.undo_if_made(vm, "create", e));
-        }
+        self.backend.create_volume(vm)?;
         if let Err(e) = self.populate(vm) {
             return Err(self.undo_volume(vm, "create", e));
         }
@@ -184,15 +182,6 @@ impl Store {
                 source: Box::new(err),
                 cleanup: Box::new(cleanup),
             },
-        }
-    }
-
-    /// After a backend step failed: if it still made the volume (e.g. ZFS "filesystem
-    /// successfully created, but not mounted"), delete it.
-    fn undo_if_made(&self, vm: &str, op: &'static str, err: StorageError) -> StorageError {
-        match self.backend.vm_exists(vm) {
-            Ok(true) => self.undo_volume(vm, op, err),
-            _ => err,
         }
     }
 
@@ -319,9 +308,7 @@ impl Store {
         if self.backend.vm_exists(new_vm)? {
             return Err(StorageError::VmExists(new_vm.to_string()));
         }
-        if let Err(e) = self.backend.clone_snapshot(vm, snap, new_vm) {
-            return Err(self.undo_if_made(new_vm, "clone", e));
-        }
+        self.backend.clone_snapshot(vm, snap, new_vm)?;
         let problems = self.layout_problems(new_vm, false);
         if !problems.is_empty() {
             let err = StorageError::LayoutMismatch {

@@ -57,6 +57,35 @@ impl ZfsBackend {
         }
     }
 
+    /// Runs `zfs create`/`zfs clone` for VM `vm`'s dataset and checks it is mounted. If zfs made
+    /// the dataset but the step failed ("filesystem successfully created, but not mounted") or
+    /// it is not mounted where expected, the dataset is destroyed again: a failed command
+    /// leaves no half-made dataset. (Only a dataset this call made is ever destroyed: a name
+    /// clash fails inside zfs before anything is made.)
+    fn make_dataset(&self, vm: &str, argv: Vec<String>) -> Result<()> {
+        let out = self.runner.run("zfs", &argv)?;
+        let err = if out.success() {
+            match self.require_mounted(vm) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        } else if out.stderr.contains("successfully created") {
+            failed("zfs", &argv, &out)
+        } else {
+            return Err(failed("zfs", &argv, &out));
+        };
+        let destroy = args(["destroy".to_string(), "-r".into(), self.vm_dataset(vm)]);
+        match self.zfs(destroy) {
+            Ok(_) => Err(err),
+            Err(cleanup) => Err(StorageError::Cleanup {
+                op: "create dataset",
+                what: self.vm_dataset(vm),
+                source: Box::new(err),
+                cleanup: Box::new(cleanup),
+            }),
+        }
+    }
+
     /// A new VM dataset must be mounted where the VM's files are expected, or the layout step
     /// would write into whatever directory is there instead.
     fn require_mounted(&self, vm: &str) -> Result<()> {
@@ -127,8 +156,7 @@ impl Backend for ZfsBackend {
     }
 
     fn create_volume(&self, vm: &str) -> Result<()> {
-        self.zfs(args(["create".to_string(), self.vm_dataset(vm)]))?;
-        self.require_mounted(vm)
+        self.make_dataset(vm, args(["create".to_string(), self.vm_dataset(vm)]))
     }
 
     fn delete_volume(&self, vm: &str) -> Result<()> {
@@ -217,8 +245,8 @@ impl Backend for ZfsBackend {
                 snap: snap.into(),
             });
         }
-        self.zfs(args(["clone".to_string(), origin, self.vm_dataset(new_vm)]))?;
-        self.require_mounted(new_vm)
+        let argv = args(["clone".to_string(), origin, self.vm_dataset(new_vm)]);
+        self.make_dataset(new_vm, argv)
     }
 
     fn delete_snapshot(&self, vm: &str, snap: &str) -> Result<()> {

@@ -320,10 +320,6 @@ fn zfs_create_when_dataset_made_but_not_mounted_then_destroyed_again() {
             .ok("zfs create rpool/microvms/vm2", "")
             .ok("zfs get -H -p -o value mounted rpool/microvms/vm2", "no\n")
             .ok("zfs get -H -p -o value mountpoint rpool/microvms/vm2", &mp)
-            .ok(
-                "zfs list -H -p -o name rpool/microvms/vm2",
-                "rpool/microvms/vm2\n",
-            )
             .ok("zfs destroy -r rpool/microvms/vm2", "")
             // Case 2: zfs fails after creating the dataset (it exits non-zero with
             // "filesystem successfully created, but not mounted" when the mount fails).
@@ -335,11 +331,16 @@ fn zfs_create_when_dataset_made_but_not_mounted_then_destroyed_again() {
                 "",
                 "filesystem successfully created, but not mounted",
             )
-            .ok(
-                "zfs list -H -p -o name rpool/microvms/vm2",
-                "rpool/microvms/vm2\n",
-            )
-            .ok("zfs destroy -r rpool/microvms/vm2", ""),
+            .ok("zfs destroy -r rpool/microvms/vm2", "")
+            // Case 3: a plain failure (e.g. a name clash) destroys nothing.
+            .ok("zfs list -H -p -o name rpool/microvms", "rpool/microvms\n")
+            .not_found("zfs list -H -p -o name rpool/microvms/vm2")
+            .expect(
+                "zfs create rpool/microvms/vm2",
+                1,
+                "",
+                "cannot create 'rpool/microvms/vm2': dataset already exists",
+            ),
     );
     let s = store("rpool/microvms", &root, &script, tmp.path().join("run"));
     let err = s.create("vm2").unwrap_err();
@@ -350,6 +351,8 @@ fn zfs_create_when_dataset_made_but_not_mounted_then_destroyed_again() {
     );
     let err = s.create("vm2").unwrap_err();
     assert!(matches!(err, StorageError::CommandFailed { .. }), "{err}");
+    let err = s.create("vm2").unwrap_err();
+    assert!(err.to_string().contains("dataset already exists"), "{err}");
     script.assert_done();
 }
 
