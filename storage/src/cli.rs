@@ -192,7 +192,14 @@ fn execute(
     let cfg = cli.host_config()?;
     if let Command::Detect = cli.command {
         let kind = detect(&cfg.root)?;
-        let _ = writeln!(out, "{kind}");
+        match crate::config::mount_source(&cfg.root) {
+            Some(ds) if kind == crate::config::BackendKind::Zfs => {
+                let _ = writeln!(out, "{kind} (dataset {ds})");
+            }
+            _ => {
+                let _ = writeln!(out, "{kind}");
+            }
+        }
         return Ok(());
     }
     let store = Store::open(&cfg)?;
