@@ -167,11 +167,12 @@ impl Topo {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Everything netctl could have touched in the host namespace.
+    /// Everything netctl could have touched in the host namespace (bridge timers, which
+    /// tick by themselves, left out).
     pub fn snapshot(&self) -> String {
         format!(
             "{}\n{}\n{}\n{}",
-            self.host.ip(&["-d", "link", "show"]),
+            drop_timers(&self.host.ip(&["-d", "link", "show"])),
             self.host.ip(&["-4", "addr", "show"]),
             self.host.exec(&["nft", "list", "ruleset"]),
             self.host.exec(&["sysctl", "net.ipv4.ip_forward"]),
@@ -182,6 +183,24 @@ impl Topo {
         let seen = self.udp_seen.lock().unwrap();
         seen.iter().find(|(_, p)| p == payload).map(|(a, _)| *a)
     }
+}
+
+/// Removes `<name>_timer <value>` pairs from `ip -d link` output.
+pub fn drop_timers(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for tok in text.split_whitespace() {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if tok.ends_with("_timer") {
+            skip = true;
+            continue;
+        }
+        out.push(tok);
+    }
+    out.join(" ")
 }
 
 pub fn write_vm_file(dir: &Path, i: u8) -> PathBuf {

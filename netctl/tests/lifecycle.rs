@@ -1,0 +1,254 @@
+//! apply / re-apply / status / down, changes, and failure injection, in test namespaces.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::packet::*;
+use common::vm::StandInVm;
+use common::*;
+
+fn s(p: &PathBuf) -> &str {
+    p.to_str().unwrap()
+}
+
+fn state_files(t: &Topo) -> usize {
+    std::fs::read_dir(t.dir.path().join("state")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn apply_when_repeated_then_noop_and_down_leaves_no_trace() {
+    let t = Topo::new();
+    let before = t.snapshot();
+    let files: Vec<PathBuf> = (1..=3).map(|i| t.vm_file(i)).collect();
+    let mut args = vec!["apply"];
+    args.extend(files.iter().map(s));
+    args.extend(["--tap-user", "65534", "--tap-group", "65534"]);
+    let out = t.netctl_ok(&args);
+    assert!(out.contains("applied"), "{out}");
+    let applied = t.snapshot();
+    assert_ne!(before, applied);
+    let tap = t.host.ip(&["-d", "link", "show", "vm-vm2"]);
+    assert!(
+        tap.contains("tun type tap pi off vnet_hdr on persist on user nobody group nogroup"),
+        "{tap}"
+    );
+    assert!(tap.contains("master br-vm2"), "{tap}");
+
+    let again = t.netctl_ok(&args[..4]);
+    assert!(again.contains("no changes"), "{again}");
+    assert!(!again.contains("applied"), "{again}");
+    assert_eq!(applied, t.snapshot(), "a second apply changed the host");
+    let st = t.netctl_ok(&["status"]);
+    assert!(st.contains("status: in sync"), "{st}");
+
+    let mut down = vec!["down"];
+    down.extend(files.iter().map(s));
+    let out = t.netctl_ok(&down);
+    assert!(out.contains("delete link br-vm3"), "{out}");
+    assert_eq!(before, t.snapshot(), "down left a trace");
+    assert_eq!(state_files(&t), 0);
+    let out = t.netctl_ok(&down);
+    assert!(out.contains("nothing to remove"), "{out}");
+}
+
+#[test]
+fn apply_when_vms_added_one_by_one_then_merged_and_down_one_keeps_other() {
+    let t = Topo::new();
+    let (f1, f2) = (t.vm_file(1), t.vm_file(2));
+    t.netctl_ok(&["apply", s(&f1)]);
+    t.netctl_ok(&["apply", s(&f2)]);
+    let rules = t.host.exec(&["nft", "list", "table", "bridge", "tinyvmm"]);
+    assert!(
+        rules.contains("\"vm-vm1\"") && rules.contains("\"vm-vm2\""),
+        "{rules}"
+    );
+    t.netctl_ok(&["down", s(&f1)]);
+    let links = t.host.ip(&["-br", "link"]);
+    assert!(
+        !links.contains("br-vm1") && links.contains("br-vm2"),
+        "{links}"
+    );
+    let rules = t.host.exec(&["nft", "list", "table", "bridge", "tinyvmm"]);
+    assert!(
+        !rules.contains("\"vm-vm1\"") && rules.contains("\"vm-vm2\""),
+        "{rules}"
+    );
+    let st = t.netctl_ok(&["status", s(&f2)]);
+    assert!(st.contains("status: in sync"), "{st}");
+}
+
+#[test]
+fn apply_when_vm_network_changes_then_old_links_replaced() {
+    let t = Topo::new();
+    let before = t.snapshot();
+    let f = t.vm_file(1);
+    t.netctl_ok(&["apply", s(&f)]);
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        text.replace("br-vm1", "br-new1")
+            .replace("vm-vm1", "vm-new1"),
+    )
+    .unwrap();
+    let out = t.netctl_ok(&["apply", s(&f)]);
+    assert!(
+        out.contains("delete link br-vm1") && out.contains("create bridge br-new1"),
+        "{out}"
+    );
+    let links = t.host.ip(&["-br", "link"]);
+    assert!(
+        !links.contains("br-vm1") && links.contains("br-new1") && links.contains("vm-new1"),
+        "{links}"
+    );
+    t.netctl_ok(&["down", s(&f)]);
+    assert_eq!(before, t.snapshot());
+}
+
+#[test]
+fn status_when_link_removed_behind_our_back_then_reports_drift_and_apply_repairs() {
+    let t = Topo::new();
+    let f = t.vm_file(1);
+    t.netctl_ok(&["apply", s(&f)]);
+    t.host.ip(&["link", "del", "vm-vm1"]);
+    let out = t.netctl(&["status", s(&f)]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("MISSING   TAP vm-vm1"), "{text}");
+    let out = t.netctl_ok(&["apply", s(&f)]);
+    assert!(out.contains("create persistent TAP vm-vm1"), "{out}");
+    assert!(t.netctl_ok(&["status", s(&f)]).contains("in sync"));
+}
+
+#[test]
+fn down_when_bridge_preexisted_then_only_what_netctl_made_is_removed() {
+    let t = Topo::new();
+    t.host.ip(&["link", "add", "br-vm1", "type", "bridge"]);
+    let f = t.vm_file(1);
+    let out = t.netctl_ok(&["apply", s(&f)]);
+    assert!(!out.contains("create bridge"), "{out}");
+    t.netctl_ok(&["down", s(&f)]);
+    let links = t.host.ip(&["-br", "link"]);
+    assert!(
+        links.contains("br-vm1"),
+        "the user's bridge was deleted: {links}"
+    );
+    assert!(!links.contains("vm-vm1"), "netctl's TAP was left: {links}");
+    assert!(!t
+        .host
+        .ip(&["-4", "addr", "show", "br-vm1"])
+        .contains("10.1.0.1"));
+    assert_eq!(t.host.exec(&["nft", "list", "ruleset"]), "");
+    assert_eq!(state_files(&t), 0);
+}
+
+#[test]
+fn apply_when_failure_injected_then_previous_state_restored() {
+    let t = Topo::new();
+    let (f1, f2) = (t.vm_file(1), t.vm_file(2));
+    let empty = t.snapshot();
+    for step in [
+        "before-ruleset",
+        "after-ruleset",
+        "mid-links",
+        "after-links",
+        "before-state",
+    ] {
+        // From nothing: a failed first apply leaves nothing.
+        let out = t.netctl_env(&["apply", s(&f1), s(&f2)], &[("NETCTL_FAIL_AT", step)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("rolled back"),
+            "{step}: {err}"
+        );
+        assert_eq!(
+            empty,
+            t.snapshot(),
+            "failed first apply at {step} left changes"
+        );
+        assert_eq!(state_files(&t), 0, "{step}");
+    }
+    t.netctl_ok(&["apply", s(&f1)]);
+    let one = t.snapshot();
+    let state_one = std::fs::read_dir(t.dir.path().join("state"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let state_text = std::fs::read_to_string(&state_one).unwrap();
+    for step in ["after-ruleset", "mid-links", "after-links", "before-state"] {
+        let out = t.netctl_env(&["apply", s(&f1), s(&f2)], &[("NETCTL_FAIL_AT", step)]);
+        assert!(!out.status.success(), "{step}");
+        assert_eq!(
+            one,
+            t.snapshot(),
+            "failed apply at {step} did not restore the previous state"
+        );
+        assert_eq!(
+            state_text,
+            std::fs::read_to_string(&state_one).unwrap(),
+            "{step}"
+        );
+    }
+    t.netctl_ok(&["apply", s(&f1), s(&f2)]);
+    t.netctl_ok(&["down", s(&f1), s(&f2)]);
+    assert_eq!(empty, t.snapshot());
+}
+
+#[test]
+fn apply_when_crash_midway_then_vms_stay_isolated_and_state_allows_cleanup() {
+    let t = Topo::new();
+    // Forwarding already on (a host that routes for other reasons): only the ruleset
+    // stands between the VMs while netctl is half done.
+    t.host.exec(&["sysctl", "-w", "net.ipv4.ip_forward=1"]);
+    let before = t.snapshot();
+    let (f1, f2) = (t.vm_file(1), t.vm_file(2));
+    let out = t.netctl_env(
+        &["apply", s(&f1), s(&f2)],
+        &[("NETCTL_FAIL_AT", "exit:after-links")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(99),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ip = |i: u8, h: u8| Ipv4Addr::new(10, i, 0, h);
+    let vm1 = StandInVm::start(&t.host.name, "vm-vm1", vm_mac(1), ip(1, 2), ip(1, 1));
+    let _vm2 = StandInVm::start(&t.host.name, "vm-vm2", vm_mac(2), ip(2, 2), ip(2, 1));
+    let gw = vm1.resolve_gw().expect("gateway answers");
+    for dst in [ip(1, 1), ip(2, 2), ip(2, 1)] {
+        let icmp = icmp_echo(8, 7, 1, b"x");
+        vm1.send(&vm1.ip_frame(gw, vm1.mac, vm1.ip, dst, PROTO_ICMP, &icmp));
+    }
+    let reply_from = |a: Ipv4Addr| {
+        move |p: &Parsed| {
+            p.ip.as_ref()
+                .is_some_and(|i| i.src == a && i.icmp_type() == Some(0))
+        }
+    };
+    assert!(
+        vm1.wait_for(Duration::from_secs(3), reply_from(ip(1, 1)))
+            .is_some(),
+        "control"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        vm1.wait_for(Duration::ZERO, reply_from(ip(2, 2))).is_none(),
+        "VM2 reachable after crash"
+    );
+    assert!(
+        vm1.wait_for(Duration::ZERO, reply_from(ip(2, 1))).is_none(),
+        "VM2 gateway reachable"
+    );
+    drop(vm1);
+    drop(_vm2);
+
+    // The intent log lets down remove what the crashed apply created.
+    t.netctl_ok(&["down", s(&f1), s(&f2)]);
+    assert_eq!(before, t.snapshot());
+}
