@@ -54,6 +54,7 @@
 mod glue;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue_loop;
 pub mod rng;
 

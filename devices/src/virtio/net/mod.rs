@@ -1,0 +1,1 @@
+//! virtio-net (device type 1) on a host TAP device.
