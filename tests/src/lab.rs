@@ -2,13 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cpio::CpioWriter;
-use crate::debian::run_output;
 use crate::error::tail_lines;
 use crate::image::{self, BaseImages, L1_CMDLINE};
 use crate::paths::{create_dir, LabDirs, LabLock};
@@ -38,12 +37,7 @@ impl Lab {
     pub fn new(mode: Mode) -> Result<Self, LabError> {
         prereq::check(&SystemProbe::new(), REQUIREMENTS)?;
         let dirs = LabDirs::discover()?;
-        for bin in REQUIRED_BINARIES {
-            let path = dirs.release.join(bin);
-            if !path.is_file() {
-                return Err(LabError::MissingReleaseBinary { path });
-            }
-        }
+        check_release_binaries(&dirs.release, REQUIRED_BINARIES)?;
         let _lock = LabLock::acquire(&dirs.lab)?;
         let images = image::prepare(&dirs)?;
         Ok(Self { mode, dirs, images })
@@ -97,16 +91,16 @@ impl Lab {
         outcome(scenario, raw, "l2.status")
     }
 
-    /// `/lab/l2/initrd.gz`: the cached L2 archive plus the scenario's L2 script, gzipped.
+    /// `/lab/l2/initrd.gz`: the cached gzipped L2 archive, plus (if the scenario has an L2
+    /// script) an uncompressed cpio with it, appended at a 4-byte boundary.
     fn l2_initrd(&self, scenario: &Scenario, run_dir: &Path) -> Result<PathBuf, LabError> {
-        let raw = run_dir.join("l2-initrd.cpio");
-        copy_file(&self.images.l2_base, &raw)?;
+        let path = run_dir.join("l2-initrd.gz");
+        copy_file(&self.images.l2_base, &path)?;
         if let Some(script) = &scenario.l2_script {
-            append_cpio(&raw, |w| w.file("scenario.sh", 0o755, script.as_bytes()))?;
+            pad_to_4(&path)?;
+            append_cpio(&path, |w| w.file("scenario.sh", 0o755, script.as_bytes()))?;
         }
-        let gz = run_dir.join("l2-initrd.cpio.gz");
-        run_output(Command::new("gzip").args(["-f", "-n", "-6"]).arg(&raw))?;
-        Ok(gz)
+        Ok(path)
     }
 
     /// The L1 initramfs of one run: cached base + an appended archive with the release
@@ -166,6 +160,17 @@ fn outcome(
         boot_to_init: raw.boot_to_init,
         scenario: scenario.name.clone(),
     })
+}
+
+/// Fails with "run `cargo build --release --workspace` first" if one of `names` is missing.
+pub fn check_release_binaries(release: &Path, names: &[&str]) -> Result<(), LabError> {
+    for name in names {
+        let path = release.join(name);
+        if !path.is_file() {
+            return Err(LabError::MissingReleaseBinary { path });
+        }
+    }
+    Ok(())
 }
 
 fn file_name(p: &Path) -> String {
@@ -234,6 +239,18 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), LabError> {
         })
 }
 
+/// Zero-pads `path` to a multiple of 4 bytes (the unpacker skips zeros between archives).
+fn pad_to_4(path: &Path) -> Result<(), LabError> {
+    let err = |source| LabError::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new().append(true).open(path).map_err(err)?;
+    let len = file.metadata().map_err(err)?.len();
+    let pad = (4 - (len % 4) as usize) % 4;
+    file.write_all(&[0u8; 3][..pad]).map_err(err)
+}
+
 /// Appends a second cpio archive to `path` (whose length is a multiple of 4, as the kernel's
 /// unpacker expects headers 4-byte aligned across concatenated archives).
 fn append_cpio(
@@ -270,6 +287,20 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
+    }
+
+    #[test]
+    fn check_release_binaries_when_one_missing_then_error_says_how_to_build() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("tinyvmm"), b"").unwrap();
+        let msg = check_release_binaries(dir.path(), &["tinyvmm", "kvm-smoke"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("kvm-smoke") && msg.contains("cargo build --release --workspace"),
+            "{msg}"
+        );
+        check_release_binaries(dir.path(), &["tinyvmm"]).unwrap();
     }
 
     #[test]
