@@ -46,7 +46,13 @@ pub(crate) fn run_output(cmd: &mut Command) -> Result<String, LabError> {
 
 /// The first `linux-image-*` package `metapackage` depends on, per `apt-cache depends`.
 pub fn resolve_kernel_package(metapackage: &str) -> Result<String, LabError> {
-    let out = run_output(Command::new("apt-cache").args(["depends", metapackage]))?;
+    let out =
+        run_output(Command::new("apt-cache").args(["depends", metapackage])).map_err(|e| {
+            LabError::ResolvePackage {
+                package: metapackage.to_string(),
+                detail: e.to_string(),
+            }
+        })?;
     parse_kernel_dependency(&out).ok_or_else(|| LabError::ResolvePackage {
         package: metapackage.to_string(),
         detail: "apt-cache depends names no linux-image-* dependency".to_string(),
@@ -131,6 +137,20 @@ pub fn installed_version(name: &str) -> Result<Package, LabError> {
     })
 }
 
+/// Removes cached packages in `debs_dir` whose name starts with `family` (e.g.
+/// `linux-image-`) other than `keep`: old kernels after a Debian update. Best effort.
+pub fn prune_other_packages(debs_dir: &Path, family: &str, keep: &Package) {
+    let Ok(entries) = fs::read_dir(debs_dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(family) && name != keep.key() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Downloads (once) and unpacks (once) `pkg`; returns the root of the unpacked tree.
 /// Cached under `<debs_dir>/<name>_<version>/root`; a `.complete` marker makes the cache safe
 /// against interrupted runs.
@@ -213,6 +233,29 @@ mod tests {
     fn parse_kernel_dependency_when_no_image_then_none() {
         let out = "linux-image-cloud-amd64\n  Depends: <virtual>\n  Recommends: foo\n";
         assert_eq!(parse_kernel_dependency(out), None);
+    }
+
+    #[test]
+    fn prune_other_packages_when_old_kernel_cached_then_only_current_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = Package {
+            name: "linux-image-6.1.0-56-cloud-amd64".into(),
+            version: "6.1.192-2".into(),
+        };
+        for d in [
+            keep.key().as_str(),
+            "linux-image-6.1.0-55-cloud-amd64_6.1.190-1",
+            "other_1",
+        ] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        prune_other_packages(dir.path(), "linux-image-", &keep);
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [keep.key(), "other_1".to_string()]);
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
         &dirs.lab.join("kernel-package.txt"),
     )?;
     let busybox = debian::installed_version("busybox-static")?;
-    let root = debian::fetch_unpacked(&kernel_package, &dirs.lab.join("debs"))?;
+    let debs = dirs.lab.join("debs");
+    let root = debian::fetch_unpacked(&kernel_package, &debs)?;
+    debian::prune_other_packages(&debs, "linux-image-", &kernel_package);
     let kernel_release = kernel_release(&root)?;
     let key = format!(
         "{}-{:016x}",
@@ -142,7 +144,23 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
         path: marker,
         source,
     })?;
+    prune_other_images(&dir);
     Ok(images)
+}
+
+/// Removes image sets of older inputs (~60 MB each); best effort.
+fn prune_other_images(current: &Path) {
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.path() != current && e.path().is_dir() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn build(root: &Path, dir: &Path, images: &BaseImages) -> Result<(), LabError> {

@@ -279,6 +279,42 @@ fn format_command(cmd: &Command) -> String {
 mod tests {
     use super::*;
 
+    /// True once `pid` has exited (gone, or a zombie waiting for a reaper).
+    fn exited(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    #[test]
+    fn qemu_guard_when_dropped_then_whole_process_group_killed() {
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 300 & echo $!; sleep 300"])
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read pid");
+        let grandchild: u32 = line.trim().parse().expect("pid");
+        let child_pid = child.id();
+        drop(QemuGuard { child });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(exited(child_pid) && exited(grandchild)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(exited(child_pid), "direct child survived the guard");
+        assert!(
+            exited(grandchild),
+            "a process in the group survived the guard"
+        );
+    }
+
     #[test]
     fn mode_args_when_deterministic_then_icount_single_vcpu_svm() {
         let args = Mode::Deterministic.qemu_args().join(" ");
