@@ -28,8 +28,17 @@ pub fn validate(path: &Path) -> RunExit {
     }
 }
 
+/// Host-side settings of `tinyvmm run` that are not part of the VM config.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Where the run lock lives (default [`vmconfig::lock::default_run_dir`]).
+    pub run_dir: Option<PathBuf>,
+    /// The host storage config for `snapshot_on_start`.
+    pub storage_config: Option<PathBuf>,
+}
+
 /// `tinyvmm run`: builds and runs the VM, returning how it ended.
-pub fn run(path: &Path, run_dir: Option<PathBuf>, mut timing: Timing) -> RunExit {
+pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
     // Block the shutdown signals before any thread exists, so every thread inherits the mask
     // and only the signalfd sees them.
     let mask = match crate::control::block_shutdown_signals() {
@@ -50,11 +59,17 @@ pub fn run(path: &Path, run_dir: Option<PathBuf>, mut timing: Timing) -> RunExit
         return RunExit::InvalidConfig;
     }
 
-    let run_dir = run_dir.unwrap_or_else(vmconfig::lock::default_run_dir);
+    let run_dir = opts
+        .run_dir
+        .clone()
+        .unwrap_or_else(vmconfig::lock::default_run_dir);
     let _lock = match vmconfig::lock::RunLock::acquire(&run_dir, &cfg.name) {
         Ok(lock) => lock,
         Err(e) => return fail(&e),
     };
+    if let Err(e) = snapshot_before_boot(&cfg, opts.storage_config.as_deref()) {
+        return fail(&e);
+    }
     let machine = match crate::builder::build(&cfg, timing) {
         Ok(m) => m,
         Err(e) => return fail(&e),
@@ -75,6 +90,35 @@ pub fn run(path: &Path, run_dir: Option<PathBuf>, mut timing: Timing) -> RunExit
         }
         Err(e) => fail(&e),
     }
+}
+
+/// Takes the snapshot the config asks for (`storage.snapshot_on_start`), with retention. Runs
+/// while this process holds the VM's run lock, so nothing can roll the dataset back meanwhile.
+/// A failure stops the boot: the user asked for a restore point before the guest runs.
+fn snapshot_before_boot(
+    cfg: &VmConfig,
+    storage_config: Option<&Path>,
+) -> Result<(), storage::StorageError> {
+    if !cfg.storage.snapshot_on_start {
+        return Ok(());
+    }
+    let host = match storage_config {
+        Some(path) => storage::HostStorageConfig::load(path, true)?,
+        None => storage::HostStorageConfig::load(
+            Path::new(storage::config::DEFAULT_CONFIG_PATH),
+            false,
+        )?,
+    };
+    let store = storage::Store::open(&host)?;
+    if let Some(snap) = store.snapshot_on_start(&cfg.name, &cfg.storage)? {
+        log::info!(
+            "snapshot {} of {} taken before boot; pruned {:?}",
+            snap.taken,
+            cfg.name,
+            snap.pruned
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a memory size the host cannot back, before anything is created.

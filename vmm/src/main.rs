@@ -33,6 +33,10 @@ enum Command {
         /// Where the run lock lives (default: $TINYVMM_RUN_DIR or /run/tinyvmm).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// Host storage config used when the VM asks for `snapshot_on_start`
+        /// (default: /etc/tinyvmm/storage.json if it exists, else the built-in defaults).
+        #[arg(long)]
+        storage_config: Option<PathBuf>,
     },
     /// Check CONFIG and report every problem with its JSON path and line.
     Validate {
@@ -52,8 +56,16 @@ fn main() -> ExitCode {
     });
     vmm::logger::init(level);
     let code = match cli.command {
-        Command::Run { config, run_dir } => {
-            vmm::cli::run(&config, run_dir, Timing::new(start, false))
+        Command::Run {
+            config,
+            run_dir,
+            storage_config,
+        } => {
+            let opts = vmm::cli::RunOptions {
+                run_dir,
+                storage_config,
+            };
+            vmm::cli::run(&config, &opts, Timing::new(start, false))
         }
         Command::Validate { config } => vmm::cli::validate(&config),
     };
