@@ -103,7 +103,7 @@ pub fn resolve(
                 .to_string()
         }
     };
-    check_ifname(&uplink).map_err(|e| Error::FindUplink(e))?;
+    check_ifname(&uplink).map_err(Error::FindUplink)?;
     if snap.link(&uplink).is_none() {
         return Err(Error::FindUplink(format!(
             "interface `{uplink}` does not exist"

@@ -247,8 +247,7 @@ impl Netlink {
                 for m in msgs {
                     let hit = m.header.prefix_len == prefix
                         && m.attributes
-                            .iter()
-                            .any(|a| *a == AddressAttribute::Local(IpAddr::V4(addr)));
+                            .contains(&AddressAttribute::Local(IpAddr::V4(addr)));
                     if hit {
                         h.address().del(m).execute().await?;
                     }

@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Output;
 
 use common::*;
 
-fn s(p: &PathBuf) -> &str {
+fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -28,7 +28,7 @@ fn assert_refused(t: &Topo, before: &str, out: Output, needle: &str) {
     );
 }
 
-fn edit(p: &PathBuf, from: &str, to: &str) {
+fn edit(p: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(p).unwrap();
     assert!(text.contains(from));
     std::fs::write(p, text.replace(from, to)).unwrap();

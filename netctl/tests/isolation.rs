@@ -100,10 +100,10 @@ fn apply_when_two_vms_then_nat_works_and_vms_are_isolated() {
         .wait_for(WAIT, |p| {
             p.ip.as_ref()
                 .and_then(|i| i.tcp())
-                .is_some_and(|s| s.1 == 40002 && s.4 == TCP_SYN | TCP_ACK)
+                .is_some_and(|s| s.dport == 40002 && s.flags == TCP_SYN | TCP_ACK)
         })
         .expect("SYN-ACK from the internet server");
-    let server_seq = synack.ip.as_ref().unwrap().tcp().unwrap().2;
+    let server_seq = synack.ip.as_ref().unwrap().tcp().unwrap().seq;
     let push = Tcp {
         sport: 40002,
         dport: TCP_PORT,
@@ -124,10 +124,11 @@ fn apply_when_two_vms_then_nat_works_and_vms_are_isolated() {
         .wait_for(WAIT, |p| {
             p.ip.as_ref()
                 .and_then(|i| i.tcp())
-                .is_some_and(|s| s.1 == 40002 && !s.5.is_empty())
+                .is_some_and(|s| s.dport == 40002 && !s.data.is_empty())
         })
         .expect("TCP data from the server");
-    let text = String::from_utf8_lossy(answer.ip.as_ref().unwrap().tcp().unwrap().5).into_owned();
+    let text =
+        String::from_utf8_lossy(answer.ip.as_ref().unwrap().tcp().unwrap().data).into_owned();
     assert!(text.starts_with("peer=100.64.0.1:"), "server saw {text}");
 
     // Controls: the own gateway answers ICMP, UDP (port unreachable) and TCP (RST).
@@ -148,7 +149,7 @@ fn apply_when_two_vms_then_nat_works_and_vms_are_isolated() {
                 .as_ref()
                 .unwrap()
                 .tcp()
-                .is_some_and(|s| s.4 & TCP_RST != 0))
+                .is_some_and(|s| s.flags & TCP_RST != 0))
         .is_some());
     // Control: the host reaches VM2 (so silence below is isolation, not a dead VM).
     let sock = in_netns(&t.host.name, || UdpSocket::bind("0.0.0.0:0").unwrap());
@@ -310,7 +311,7 @@ fn apply_when_egress_allow_list_then_only_listed_ports_leave() {
     let synack = |p: &Parsed| {
         p.ip.as_ref()
             .and_then(|i| i.tcp())
-            .is_some_and(|s| s.1 == 40021 && s.4 == TCP_SYN | TCP_ACK)
+            .is_some_and(|s| s.dport == 40021 && s.flags == TCP_SYN | TCP_ACK)
     };
     assert!(
         vm.wait_for(WAIT, synack).is_some(),

@@ -3,14 +3,14 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::packet::*;
 use common::vm::StandInVm;
 use common::*;
 
-fn s(p: &PathBuf) -> &str {
+fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -24,7 +24,7 @@ fn apply_when_repeated_then_noop_and_down_leaves_no_trace() {
     let before = t.snapshot();
     let files: Vec<PathBuf> = (1..=3).map(|i| t.vm_file(i)).collect();
     let mut args = vec!["apply"];
-    args.extend(files.iter().map(s));
+    args.extend(files.iter().map(|p| s(p)));
     args.extend(["--tap-user", "65534", "--tap-group", "65534"]);
     let out = t.netctl_ok(&args);
     assert!(out.contains("applied"), "{out}");
@@ -45,7 +45,7 @@ fn apply_when_repeated_then_noop_and_down_leaves_no_trace() {
     assert!(st.contains("status: in sync"), "{st}");
 
     let mut down = vec!["down"];
-    down.extend(files.iter().map(s));
+    down.extend(files.iter().map(|p| s(p)));
     let out = t.netctl_ok(&down);
     assert!(out.contains("delete link br-vm3"), "{out}");
     assert_eq!(before, t.snapshot(), "down left a trace");

@@ -176,22 +176,29 @@ impl IpP {
             &p[8..],
         ))
     }
-    /// (sport, dport, seq, ack, flags, data)
-    pub fn tcp(&self) -> Option<(u16, u16, u32, u32, u8, &[u8])> {
+    pub fn tcp(&self) -> Option<TcpP<'_>> {
         if self.proto != PROTO_TCP || self.payload.len() < 20 {
             return None;
         }
         let p = &self.payload;
         let off = usize::from(p[12] >> 4) * 4;
-        Some((
-            u16::from_be_bytes([p[0], p[1]]),
-            u16::from_be_bytes([p[2], p[3]]),
-            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
-            u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
-            p[13],
-            p.get(off..).unwrap_or(&[]),
-        ))
+        Some(TcpP {
+            sport: u16::from_be_bytes([p[0], p[1]]),
+            dport: u16::from_be_bytes([p[2], p[3]]),
+            seq: u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            flags: p[13],
+            data: p.get(off..).unwrap_or(&[]),
+        })
     }
+}
+
+/// A parsed TCP segment.
+pub struct TcpP<'a> {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub flags: u8,
+    pub data: &'a [u8],
 }
 
 fn ip4(b: &[u8]) -> Ipv4Addr {
