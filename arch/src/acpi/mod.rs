@@ -9,6 +9,16 @@
 //! `virtio_mmio.device=` command-line support find them), COM1 and the i8042.
 //!
 //! All tables are written into `[ACPI_RSDP_ADDR, ACPI_TABLES_END)`, RSDP first.
+//!
+//! What a hardware-reduced FADT changes in a Linux guest (seen with Debian's 6.1 kernel):
+//! - There is no legacy PIC and no PIT calibration: the TSC frequency must come from
+//!   kvmclock or CPUID (0x15/0x16), or the kernel marks the TSC unstable and can stall while
+//!   calibrating the local APIC timer.
+//! - Poweroff writes 0x80 (clear `WAK_STS`) and then 0x34 to port 0x3c0.
+//! - Reboot defaults to EFI and then a real-mode BIOS jump (a triple fault without firmware);
+//!   `reboot=a` writes the reset value 0x01 to port 0x3c0, `reboot=k` pulses the i8042.
+//! - ISA IRQs are not pre-mapped: COM1 and the i8042 get dynamic Linux IRQ numbers on IOAPIC
+//!   pins 4 and 1 from their `_CRS`.
 
 mod dsdt;
 mod tables;
