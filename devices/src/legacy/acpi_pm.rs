@@ -144,4 +144,17 @@ mod tests {
         pm.read(0, &mut dword);
         assert_eq!(dword, [0; 4]);
     }
+
+    #[test]
+    fn bus_write_when_pm_port_gets_wake_clear_then_s5_then_poweroff() {
+        let (pm, exit) = pm();
+        let mut bus = crate::bus::Bus::new();
+        bus.insert(Arc::new(std::sync::Mutex::new(pm)), 0x3c0, 1)
+            .unwrap();
+        // The sequence Linux writes for poweroff on a hardware-reduced ACPI machine.
+        assert!(bus.write(0x3c0, &[0x80]));
+        assert_eq!(exit.kind(), None);
+        assert!(bus.write(0x3c0, &[0x34]));
+        assert_eq!(exit.kind(), Some(ExitKind::Poweroff));
+    }
 }
