@@ -252,3 +252,52 @@ fn apply_when_crash_midway_then_vms_stay_isolated_and_state_allows_cleanup() {
     t.netctl_ok(&["down", s(&f1), s(&f2)]);
     assert_eq!(before, t.snapshot());
 }
+
+/// Opens the TAP as an unprivileged user: python3 opens /dev/net/tun as root (it is 0600
+/// on these machines), drops to `uid`/`uid` and then does TUNSETIFF, where the kernel checks
+/// the TAP's owner and group.
+fn open_tap_as(t: &Topo, uid: &str, tap: &str) -> std::process::Output {
+    let py = format!(
+        "import fcntl,os,struct\nfd=os.open('/dev/net/tun',os.O_RDWR)\n\
+         os.setgroups([]);os.setgid({uid});os.setuid({uid})\n\
+         fcntl.ioctl(fd,0x400454ca,struct.pack('16sH22x',b'{tap}',0x5002))\nprint('opened')"
+    );
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &t.host.name, "python3", "-c", &py])
+        .output()
+        .expect("python3 is needed for this test (Debian: python3)")
+}
+
+#[test]
+fn apply_when_tap_user_set_then_only_that_user_can_open_the_tap() {
+    let t = Topo::new();
+    let f = t.vm_file(1);
+    t.netctl_ok(&[
+        "apply",
+        s(&f),
+        "--tap-user",
+        "65534",
+        "--tap-group",
+        "65534",
+    ]);
+    let ok = open_tap_as(&t, "65534", "vm-vm1");
+    assert!(
+        ok.status.success(),
+        "owner could not open: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let denied = open_tap_as(&t, "65533", "vm-vm1");
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Operation not permitted"));
+    // Ownership drift is repaired by the next apply.
+    t.netctl_ok(&[
+        "apply",
+        s(&f),
+        "--tap-user",
+        "65533",
+        "--tap-group",
+        "65533",
+    ]);
+    assert!(open_tap_as(&t, "65533", "vm-vm1").status.success());
+    assert!(!open_tap_as(&t, "65534", "vm-vm1").status.success());
+}
