@@ -23,7 +23,8 @@ r rng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null || echo none)
 bytes=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')
 r rng_bytes=${bytes:-none}
 r virtio_devices=$(ls /sys/bus/virtio/devices 2>/dev/null | wc -l)
-r cmdline_virtio=$(grep -o 'virtio_mmio.device=[^ ]*' /proc/cmdline | head -n1 | sed 's/^$/none/')
+v=$(grep -o 'virtio_mmio.device=[^ ]*' /proc/cmdline | head -n1)
+r cmdline_virtio=${v:-none}
 power_button() {
     for d in /sys/class/input/event*; do
         grep -q "Power Button" "$d/device/name" 2>/dev/null && { echo "/dev/input/${d##*/}"; return; }
@@ -102,7 +103,7 @@ impl Boot<'_> {
     }
 }
 
-fn boot(name: &str, vcpus: u32, action: &str) -> Boot<'_> {
+fn boot<'a>(name: &'a str, vcpus: u32, action: &'a str) -> Boot<'a> {
     Boot {
         name,
         vcpus,
@@ -145,7 +146,9 @@ fn expect(out: &LabOutcome, key: &str, want: &str) {
 fn rng_bytes_look_random(out: &LabOutcome, key: &str) {
     let bytes = out.get(key).unwrap_or("none");
     assert!(
-        bytes.len() == 32 && bytes.chars().all(|c| c.is_ascii_hexdigit()) && bytes != "0".repeat(32),
+        bytes.len() == 32
+            && bytes.chars().all(|c| c.is_ascii_hexdigit())
+            && bytes != "0".repeat(32),
         "{key}={bytes}\n{}",
         out.output
     );
@@ -162,7 +165,11 @@ fn extract_vmlinux(bzimage: &[u8]) -> Vec<u8> {
     let (offset, len) = (word(0x248), word(0x24c));
     let start = (setup_sects + 1) * 512 + offset;
     let payload = &bzimage[start..start + len];
-    assert_eq!(&payload[..4], [0x02, 0x21, 0x4c, 0x18], "not an LZ4 legacy payload");
+    assert_eq!(
+        &payload[..4],
+        [0x02, 0x21, 0x4c, 0x18],
+        "not an LZ4 legacy payload"
+    );
     let mut child = std::process::Command::new("lz4")
         .args(["-dc"])
         .stdin(std::process::Stdio::piped())
@@ -177,7 +184,10 @@ fn extract_vmlinux(bzimage: &[u8]) -> Vec<u8> {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    assert!(out.stdout.starts_with(b"\x7fELF"), "lz4 did not produce an ELF");
+    assert!(
+        out.stdout.starts_with(b"\x7fELF"),
+        "lz4 did not produce an ELF"
+    );
     out.stdout
 }
 
@@ -205,7 +215,11 @@ fn lab_boot_when_bzimage_and_elf_with_1_and_2_vcpus_then_init_runs_and_rng_found
     for name in ["smp1", "acpi2", "cmdline", "elf"] {
         expect(&out, &format!("{name}.exit"), "0");
         let bt = out.get(&format!("{name}.boot_timer_us")).unwrap_or("none");
-        assert!(bt.parse::<u64>().is_ok(), "{name}: no boot timer line\n{}", out.output);
+        assert!(
+            bt.parse::<u64>().is_ok(),
+            "{name}: no boot timer line\n{}",
+            out.output
+        );
     }
     expect(&out, "smp1.cpus", "1");
     expect(&out, "acpi2.cpus", "2");
@@ -217,7 +231,11 @@ fn lab_boot_when_bzimage_and_elf_with_1_and_2_vcpus_then_init_runs_and_rng_found
     expect(&out, "elf.rng", "virtio_rng.0");
     // Command-line discovery: the parameter reaches the kernel. Debian's kernel lacks
     // CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so it finds no device that way.
-    expect(&out, "cmdline.cmdline_virtio", "virtio_mmio.device=4K@0xd0002000:10");
+    expect(
+        &out,
+        "cmdline.cmdline_virtio",
+        "virtio_mmio.device=4K@0xd0002000:10",
+    );
     expect(&out, "acpi2.cmdline_virtio", "none");
 }
 
