@@ -179,8 +179,11 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Host-side tools of this crate that L1 does not need.
+const HOST_ONLY_BINARIES: &[&str] = &["lab-run"];
+
 /// Every executable file directly in `target/release` (tinyvmm, netctl, storage tools,
-/// kvm-smoke, bench binaries: whichever exist).
+/// kvm-smoke, bench binaries: whichever exist), except [`HOST_ONLY_BINARIES`].
 pub fn release_executables(release: &Path) -> Result<Vec<PathBuf>, LabError> {
     let entries = fs::read_dir(release).map_err(|source| LabError::ReadFile {
         path: release.to_path_buf(),
@@ -189,7 +192,9 @@ pub fn release_executables(release: &Path) -> Result<Vec<PathBuf>, LabError> {
     let mut bins: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| !file_name(p).contains('.'))
+        .filter(|p| {
+            !file_name(p).contains('.') && !HOST_ONLY_BINARIES.contains(&file_name(p).as_str())
+        })
         .filter(|p| {
             p.metadata()
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
