@@ -45,6 +45,14 @@ pub enum Error {
         found: String,
         wanted: String,
     },
+    #[error(
+        "bridge {bridge} already has other ports ({ports}); the VM's TAP must be its only port"
+    )]
+    BridgeShared { bridge: String, ports: String },
+    #[error("refusing to remove the network of running VM(s) {}: stop them first or pass --force", .0.join(", "))]
+    VmRunning(Vec<String>),
+    #[error("checking whether a VM runs: {0}")]
+    CheckRunning(vmconfig::LockError),
     #[error("sysctl {key}: {source}")]
     Sysctl { key: String, source: io::Error },
     #[error("state file {path}: {msg}")]

@@ -74,6 +74,9 @@ enum Cmd {
     Down {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also when a VM is running (its tinyvmm run lock is held).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the subnets for `tailscale set --advertise-routes`.
     TailscaleRoutes {
@@ -112,9 +115,9 @@ fn run(cli: Cli) -> netctl::Result<ExitCode> {
             }
             println!("status: in sync");
         }
-        Cmd::Down { files } => {
+        Cmd::Down { files, force } => {
             let ctx = Ctx::open(true)?;
-            let r = ops::down(&ctx, &files)?;
+            let r = ops::down(&ctx, &files, force)?;
             if r.is_empty() {
                 println!("nothing to remove: netctl manages none of these VMs here");
             }

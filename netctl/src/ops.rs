@@ -247,8 +247,25 @@ pub fn apply(ctx: &Ctx, p: &Plan) -> Result<bool> {
     }
 }
 
-/// Removes what netctl created for the VMs in `files`. Returns the removal report.
-pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P]) -> Result<Vec<String>> {
+/// Fails if any of `vms` holds its tinyvmm run lock (removing its TAP would cut it off).
+fn check_not_running(vms: &[&str]) -> Result<()> {
+    let run_dir = vmconfig::default_run_dir();
+    let mut running = Vec::new();
+    for vm in vms {
+        if vmconfig::is_running(&run_dir, vm).map_err(Error::CheckRunning)? {
+            running.push(vm.to_string());
+        }
+    }
+    if running.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::VmRunning(running))
+    }
+}
+
+/// Removes what netctl created for the VMs in `files` (refusing running VMs unless
+/// `force`). Returns the removal report.
+pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P], force: bool) -> Result<Vec<String>> {
     let loaded = source::load_files(files)?;
     let vms: std::collections::BTreeSet<&str> = loaded.nets.iter().map(|n| n.vm.as_str()).collect();
     let (gone, remaining): (Vec<VmNet>, Vec<VmNet>) = ctx
@@ -260,6 +277,10 @@ pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P]) -> Result<Vec<String>> {
     let mut report = Vec::new();
     if gone.is_empty() {
         return Ok(report);
+    }
+    if !force {
+        let names: std::collections::BTreeSet<&str> = gone.iter().map(|n| n.vm.as_str()).collect();
+        check_not_running(&names.into_iter().collect::<Vec<_>>())?;
     }
     let mut actions = Vec::new();
     for n in &gone {

@@ -93,6 +93,20 @@ pub fn merge(state: &[VmNet], files: &[VmNet]) -> (Vec<VmNet>, Vec<VmNet>) {
 
 fn check_kinds(nets: &[VmNet], snap: &Snapshot) -> Result<()> {
     for n in nets {
+        if let Some(b) = snap.link(&n.bridge) {
+            let others: Vec<&str> = snap
+                .links
+                .values()
+                .filter(|l| l.master == Some(b.index) && l.name != n.tap)
+                .map(|l| l.name.as_str())
+                .collect();
+            if !others.is_empty() {
+                return Err(Error::BridgeShared {
+                    bridge: n.bridge.clone(),
+                    ports: others.join(", "),
+                });
+            }
+        }
         for (name, wanted) in [(&n.bridge, "bridge"), (&n.tap, "tun")] {
             if let Some(l) = snap.link(name) {
                 if l.kind != wanted {

@@ -229,3 +229,21 @@ fn tailscale_routes_when_files_given_then_lists_subnets_and_apply_needs_tailscal
         "set --advertise-routes=10.1.0.0/24,10.2.0.0/24"
     );
 }
+
+#[test]
+fn apply_when_bridge_has_other_ports_then_error() {
+    let t = Topo::new();
+    t.host.ip(&["link", "add", "br-vm1", "type", "bridge"]);
+    t.host.ip(&[
+        "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+    ]);
+    t.host.ip(&["link", "set", "lan0", "master", "br-vm1"]);
+    let f = t.vm_file(1);
+    let before = t.snapshot();
+    assert_refused(
+        &t,
+        &before,
+        t.netctl(&["apply", s(&f)]),
+        "bridge br-vm1 already has other ports (lan0)",
+    );
+}

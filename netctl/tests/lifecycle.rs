@@ -301,3 +301,21 @@ fn apply_when_tap_user_set_then_only_that_user_can_open_the_tap() {
     assert!(open_tap_as(&t, "65533", "vm-vm1").status.success());
     assert!(!open_tap_as(&t, "65534", "vm-vm1").status.success());
 }
+
+#[test]
+fn down_when_vm_running_then_refused_unless_forced() {
+    let t = Topo::new();
+    let (f1, f2) = (t.vm_file(1), t.vm_file(2));
+    t.netctl_ok(&["apply", s(&f1), s(&f2)]);
+    let lock = vmconfig::RunLock::acquire(&t.run_dir(), "vm1").expect("take vm1's run lock");
+    let before = t.snapshot();
+    let out = t.netctl(&["down", s(&f1), s(&f2)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("running VM(s) vm1"), "{err}");
+    assert_eq!(before, t.snapshot(), "a refused down changed the host");
+    t.netctl_ok(&["down", s(&f2)]);
+    t.netctl_ok(&["down", s(&f1), "--force"]);
+    drop(lock);
+    assert!(!t.host.ip(&["-br", "link"]).contains("br-vm"));
+}

@@ -118,6 +118,18 @@ impl Topo {
         host.ip(&["route", "add", "default", "via", "100.64.0.2"]);
         inet.ip(&["addr", "add", "100.64.0.2/24", "dev", "eth0"]);
         inet.ip(&["link", "set", "eth0", "up"]);
+        // Wait for the veth carrier so snapshots taken right away are stable.
+        for _ in 0..200 {
+            if host
+                .ip(&["-br", "link", "show", "up0"])
+                .split_whitespace()
+                .nth(1)
+                == Some("UP")
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let udp_seen: Seen = Arc::default();
         let tcp_seen: Seen = Arc::default();
         start_echo_servers(&inet.name, udp_seen.clone(), tcp_seen.clone());
@@ -142,6 +154,7 @@ impl Topo {
         cmd.args(["netns", "exec", &self.host.name, "env"]);
         cmd.arg(format!("NETCTL_TEST_NETNS={}", self.host.name));
         cmd.arg(format!("NETCTL_STATE_DIR={}", state.display()));
+        cmd.arg(format!("TINYVMM_RUN_DIR={}", self.run_dir().display()));
         for (k, v) in env {
             cmd.arg(format!("{k}={v}"));
         }
@@ -149,6 +162,11 @@ impl Topo {
         cmd.args(args);
         cmd.current_dir(self.dir.path());
         cmd.output().expect("run netctl")
+    }
+
+    /// The tinyvmm run-lock directory the test's netctl looks at.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
     }
 
     pub fn netctl(&self, args: &[&str]) -> Output {
