@@ -70,6 +70,9 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     ("virtiofs", true),
     ("rng-core", false),
     ("virtio-rng", false),
+    // The ACPI power button (PNP0C0C) and evdev, so a guest can see a power-button press.
+    ("button", false),
+    ("evdev", false),
 ];
 
 /// Kernel command line of L1. `cryptomgr.notests` skips the crypto self-tests, which take

@@ -83,6 +83,7 @@ struct Boot<'a> {
     action: &'a str,
     discovery: &'a str,
     grace_secs: u32,
+    reboot_mode: &'a str,
 }
 
 impl Boot<'_> {
@@ -90,7 +91,7 @@ impl Boot<'_> {
         format!(
             r#"{{"name":"{name}","vcpus":{vcpus},"memory_mib":256,
 "kernel":{{"path":"{kernel}","initrd":"/lab/l2/initrd.gz",
-"cmdline":"console=ttyS0 reboot=k panic=1 quiet lab.run={name} lab.action={action}"}},
+"cmdline":"console=ttyS0 reboot={reboot} panic=1 quiet lab.run={name} lab.action={action}"}},
 "serial":"stdout","boot_timer":true,"virtio_mmio_discovery":"{discovery}",
 "shutdown_grace_secs":{grace}}}"#,
             name = self.name,
@@ -99,6 +100,7 @@ impl Boot<'_> {
             action = self.action,
             discovery = self.discovery,
             grace = self.grace_secs,
+            reboot = self.reboot_mode,
         )
     }
 }
@@ -111,6 +113,7 @@ fn boot<'a>(name: &'a str, vcpus: u32, action: &'a str) -> Boot<'a> {
         action,
         discovery: "both",
         grace_secs: 10,
+        reboot_mode: "k",
     }
 }
 
@@ -242,18 +245,24 @@ fn lab_boot_when_bzimage_and_elf_with_1_and_2_vcpus_then_init_runs_and_rng_found
 #[test]
 fn lab_lifecycle_when_guest_reboots_panics_or_gets_sigterm_then_documented_exit_status() {
     let reboot = boot("reboot", 1, "reboot");
+    let mut acpi_reboot = boot("acpireboot", 1, "reboot");
+    acpi_reboot.reboot_mode = "a";
     let panic = boot("panic", 1, "panic");
     let button = boot("button", 2, "button");
     let mut ignore = boot("ignore", 1, "ignore");
     ignore.grace_secs = 3;
     let out = run(
         "vmm-lifecycle",
-        &[reboot, panic, button, ignore],
-        "boot reboot\nboot panic\nsignal_when_ready button TERM\nsignal_when_ready ignore TERM\n",
+        &[reboot, acpi_reboot, panic, button, ignore],
+        "boot reboot\nboot acpireboot\nboot panic\nsignal_when_ready button TERM\nsignal_when_ready ignore TERM\n",
         Vec::new(),
     );
 
+    // reboot=k resets through the i8042, reboot=a through the FADT reset register.
     expect(&out, "reboot.exit", "3");
+    assert!(out.output.contains("i8042: guest pulsed the reset line"), "{}", out.output);
+    expect(&out, "acpireboot.exit", "3");
+    assert!(out.output.contains("acpi pm: guest requested reset"), "{}", out.output);
     expect(&out, "panic.exit", "3");
     assert!(out.output.contains("Kernel panic"), "{}", out.output);
     // SIGTERM presses the ACPI power button; the guest sees it and powers off.
