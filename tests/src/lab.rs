@@ -38,6 +38,7 @@ impl Lab {
         prereq::check(&SystemProbe::new(), REQUIREMENTS)?;
         let dirs = LabDirs::discover()?;
         check_release_binaries(&dirs.release, REQUIRED_BINARIES)?;
+        warn_if_stale(&dirs);
         let _lock = LabLock::acquire(&dirs.lab)?;
         let images = image::prepare(&dirs)?;
         Ok(Self { mode, dirs, images })
@@ -171,6 +172,46 @@ pub fn check_release_binaries(release: &Path, names: &[&str]) -> Result<(), LabE
         }
     }
     Ok(())
+}
+
+/// Prints a warning when a workspace source file is newer than target/release/tinyvmm: the
+/// lab would test an old build. (A warning, not an error: mtimes can lie, e.g. after checkout.)
+fn warn_if_stale(dirs: &LabDirs) {
+    let binary = dirs.release.join("tinyvmm");
+    let (Ok(built), Some(root)) = (
+        binary.metadata().and_then(|m| m.modified()),
+        dirs.target.parent(),
+    ) else {
+        return;
+    };
+    let Ok(members) = fs::read_dir(root) else {
+        return;
+    };
+    for member in members.filter_map(Result::ok) {
+        if let Some(newer) = newer_source(&member.path().join("src"), built) {
+            println!(
+                "lab: WARNING: {} is newer than {}; run `cargo build --release --workspace`",
+                newer.display(),
+                binary.display()
+            );
+            return;
+        }
+    }
+}
+
+/// The first `.rs` file under `dir` modified after `than`.
+fn newer_source(dir: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                return newer_source(&path, than);
+            }
+            let modified = e.metadata().and_then(|m| m.modified()).ok()?;
+            (path.extension().is_some_and(|x| x == "rs") && modified > than).then_some(path)
+        })
 }
 
 fn file_name(p: &Path) -> String {
