@@ -36,7 +36,8 @@ impl<B: NetBackend> Net<B> {
             return;
         }
         let result = if want {
-            ops.add(Events::with_data(&self.backend, PROCESS_TAP, EventSet::IN))
+            let set = EventSet::IN | EventSet::READ_HANG_UP;
+            ops.add(Events::with_data(&self.backend, PROCESS_TAP, set))
         } else {
             ops.remove(Events::empty(&self.backend))
         };
@@ -65,7 +66,16 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 self.process_tx();
                 self.rx_event();
             }
-            PROCESS_TAP => self.rx_event(),
+            PROCESS_TAP => {
+                self.rx_event();
+                // A TAP reports ERROR once its interface is gone; a socket backend reports
+                // a hang-up. Either stays "ready" forever: stop watching instead of spinning.
+                let dead = EventSet::ERROR | EventSet::HANG_UP | EventSet::READ_HANG_UP;
+                if events.event_set().intersects(dead) {
+                    log::error!("virtio-net: the host side hung up or failed; receive stopped");
+                    self.backend_failed = true;
+                }
+            }
             _ => match self.glue.queue_event(&events) {
                 Some(RX_QUEUE) => self.rx_event(),
                 Some(TX_QUEUE) => {

@@ -124,7 +124,13 @@ impl<B: NetBackend> Net<B> {
                 Some(len) => len,
                 None if frames >= RX_BUDGET => break RxOutcome::Budget,
                 None => match backend.read_frame(&mut rx.buf) {
+                    Ok(0) => {
+                        log::error!("virtio-net: the host side was closed");
+                        break RxOutcome::BackendFailed;
+                    }
                     Ok(len) => {
+                        // Dropped frames count against the budget too.
+                        frames += 1;
                         if let Some(problem) = frame_problem(&rx.buf[..len], active) {
                             log::debug!("virtio-net: {len}-byte frame from host {problem}");
                             counters.rx_drop();
@@ -146,7 +152,6 @@ impl<B: NetBackend> Net<B> {
             match rx.deliver(active, counters, len, &mut used) {
                 Delivery::Done => {
                     rx.pending = None;
-                    frames += 1;
                     counters.rx_frame(len - VNET_HDR_LEN);
                 }
                 Delivery::Dropped => {

@@ -1,0 +1,1 @@
+//! Throwaway network namespaces for tests that need a real TAP.
