@@ -36,6 +36,8 @@ pub struct Ctx {
     pub snap: Snapshot,
     pub installed: Installed,
     pub ip_forward: String,
+    /// Held for the whole command when it may change the host.
+    _lock: Option<crate::state::StateLock>,
 }
 
 impl Ctx {
@@ -50,6 +52,11 @@ impl Ctx {
         let nft = nft::find()?;
         let nl = Netlink::new()?;
         let state_path = crate::state::default_path()?;
+        let lock = if need_admin {
+            Some(crate::state::StateLock::acquire(&state_path)?)
+        } else {
+            None
+        };
         let state = State::load(&state_path)?;
         let snap = nl.snapshot()?;
         let installed = nft::installed(&nft)?;
@@ -62,6 +69,7 @@ impl Ctx {
             snap,
             installed,
             ip_forward,
+            _lock: lock,
         })
     }
 

@@ -41,6 +41,30 @@ fn err(path: &Path, msg: impl ToString) -> Error {
     }
 }
 
+/// An exclusive flock on the state directory, held while a command changes the host, so two
+/// netctl runs cannot interleave. (Locking the directory leaves no lock file behind.)
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+impl StateLock {
+    pub fn acquire(state_path: &Path) -> Result<StateLock> {
+        use std::os::fd::AsRawFd;
+        let dir = state_path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+        let f = std::fs::File::open(dir).map_err(|e| err(dir, e))?;
+        loop {
+            // SAFETY: flock only uses the fd, which `f` keeps open during the call.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(StateLock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(err(dir, e));
+            }
+        }
+    }
+}
+
 impl State {
     /// Reads the state; a missing file is an empty state.
     pub fn load(path: &Path) -> Result<State> {

@@ -319,3 +319,25 @@ fn down_when_vm_running_then_refused_unless_forced() {
     drop(lock);
     assert!(!t.host.ip(&["-br", "link"]).contains("br-vm"));
 }
+
+#[test]
+fn apply_when_two_run_concurrently_then_both_vms_end_up_managed() {
+    let t = Topo::new();
+    let files: Vec<PathBuf> = (1..=6).map(|i| t.vm_file(i)).collect();
+    std::thread::scope(|sc| {
+        for f in &files {
+            let t = &t;
+            sc.spawn(move || t.netctl_ok(&["apply", s(f)]));
+        }
+    });
+    let rules = t.host.exec(&["nft", "list", "table", "bridge", "tinyvmm"]);
+    for i in 1..=6 {
+        assert!(
+            rules.contains(&format!("\"vm-vm{i}\"")),
+            "vm{i} lost: {rules}"
+        );
+    }
+    let mut args = vec!["status"];
+    args.extend(files.iter().map(|p| s(p)));
+    assert!(t.netctl_ok(&args).contains("status: in sync"));
+}
