@@ -195,9 +195,8 @@ fn rollback(ctx: &Ctx, undo: &Undo) -> Result<()> {
             first_err.get_or_insert(e);
         }
     };
-    for l in undo.links.iter().rev() {
-        keep(ctx.nl.del_link(l));
-    }
+    let links: Vec<String> = undo.links.iter().rev().cloned().collect();
+    keep(ctx.nl.del_links(&links));
     for (l, c) in undo.addrs.iter().rev() {
         if !undo.links.contains(l) {
             keep(ctx.nl.del_addr(l, c.addr, c.prefix));
@@ -303,10 +302,15 @@ pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P], force: bool) -> Result<Vec<S
         }
     }
     // Links first, rules last: while any of them exists, the old rules still isolate it.
+    let mut doomed = Vec::new();
     for a in &actions {
-        run_action(&ctx.nl, a)?;
+        match a {
+            Action::DelLink(l) => doomed.push(l.clone()),
+            other => run_action(&ctx.nl, other)?,
+        }
         report.push(format!("- {a}"));
     }
+    ctx.nl.del_links(&doomed)?;
     let host = ctx.state.host.clone().unwrap_or_else(dummy_host);
     let (script, _) = ruleset::render(&remaining, &host);
     nft::load(&ctx.nft, &script)?;
