@@ -176,6 +176,12 @@ impl Tap {
         }
         let file = open_tun_device(name)?;
         set_iff(&file, name, 0)?;
+        // TUNSETIFF creates a missing TAP when the caller may; if the TAP vanished after
+        // the check above, the one attached now is new and non-persistent. Dropping the
+        // file deletes it again.
+        if !is_persistent(&file, name)? {
+            return Err(TapError::Missing { name: name.into() });
+        }
         Self::configure(file, name, false)
     }
 
@@ -377,6 +383,19 @@ fn set_iff(file: &File, name: &str, extra_flags: libc::c_int) -> Result<(), TapE
         Some(libc::EINVAL) => TapError::NotTap { name, source },
         _ => TapError::Attach { name, source },
     })
+}
+
+/// Whether the attached TAP is persistent (made by `ip tuntap add`, netctl, systemd).
+fn is_persistent(file: &File, name: &str) -> Result<bool, TapError> {
+    let mut req = IfReq::new("", 0);
+    // SAFETY: TUNGETIFF fills the `struct ifreq` that `req` lays out; the fd is attached.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNGETIFF, &mut req) } < 0 {
+        return Err(TapError::Attach {
+            name: name.into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(libc::c_int::from(req.flags) & libc::IFF_PERSIST != 0)
 }
 
 /// Sets IFF_UP on `name` (SIOCGIFFLAGS/SIOCSIFFLAGS on a socket of the current namespace).
