@@ -79,7 +79,7 @@ pub const L2_MODULES: &[(&str, bool)] = &[
 /// half of L1's boot under TCG (0.9 of 1.8 virtual seconds).
 pub const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests=1";
 /// Suggested kernel command line for the L2 guest (also in /lab/vm.json).
-pub const L2_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet";
+pub const L2_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet";
 
 /// Paths of the cached base images.
 #[derive(Debug, Clone)]
