@@ -91,13 +91,16 @@ pub fn merge(state: &[VmNet], files: &[VmNet]) -> (Vec<VmNet>, Vec<VmNet>) {
     (merged, replaced)
 }
 
-fn check_kinds(nets: &[VmNet], snap: &Snapshot) -> Result<()> {
+/// Checks that our names are free or of the right kind, and that each bridge has no port
+/// but the VM's TAP (`leaving`: TAPs this apply deletes anyway).
+fn check_kinds(nets: &[VmNet], snap: &Snapshot, leaving: &BTreeSet<&str>) -> Result<()> {
     for n in nets {
         if let Some(b) = snap.link(&n.bridge) {
             let others: Vec<&str> = snap
                 .links
                 .values()
                 .filter(|l| l.master == Some(b.index) && l.name != n.tap)
+                .filter(|l| !leaving.contains(l.name.as_str()))
                 .map(|l| l.name.as_str())
                 .collect();
             if !others.is_empty() {
@@ -237,7 +240,13 @@ pub struct Observed<'a> {
 pub fn plan_apply(files: &[VmNet], host: Host, obs: &Observed<'_>) -> Result<Plan> {
     let (nets, replaced) = merge(&obs.state.nets, files);
     crate::model::validate(&nets, &host)?;
-    check_kinds(&nets, obs.snap)?;
+    let kept: BTreeSet<&str> = nets.iter().map(|n| n.tap.as_str()).collect();
+    let leaving: BTreeSet<&str> = replaced
+        .iter()
+        .map(|n| n.tap.as_str())
+        .filter(|t| obs.state.created_links.contains(*t) && !kept.contains(t))
+        .collect();
+    check_kinds(&nets, obs.snap, &leaving)?;
     let owner = Owner {
         uid: host.tap_uid,
         gid: host.tap_gid,
@@ -276,4 +285,198 @@ pub fn plan_apply(files: &[VmNet], host: Host, obs: &Observed<'_>) -> Result<Pla
         new_state,
         notes: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Egress, Mac};
+    use crate::netlink::{Link, TunInfo};
+    use std::net::Ipv4Addr;
+
+    fn net(i: u8) -> VmNet {
+        VmNet {
+            vm: format!("vm{i}"),
+            source: format!("vm{i}.json"),
+            tap: format!("vm-vm{i}"),
+            bridge: format!("br-vm{i}"),
+            mac: Mac([2, 0, 0, 0, 0, i]),
+            address: format!("10.{i}.0.2/24").parse().unwrap(),
+            gateway: Ipv4Addr::new(10, i, 0, 1),
+        }
+    }
+
+    fn host() -> Host {
+        Host {
+            uplink: "up0".into(),
+            tap_uid: Some(1000),
+            tap_gid: None,
+            egress: Egress::All,
+            tailscale_if: "tailscale0".into(),
+        }
+    }
+
+    fn link(index: u32, name: &str, kind: &str, master: Option<u32>) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: kind.into(),
+            master,
+            group: 0,
+            up: true,
+            mac: None,
+            tun: (kind == "tun").then_some(TunInfo {
+                owner: Some(1000),
+                group: None,
+                vnet_hdr: true,
+                persist: true,
+            }),
+        }
+    }
+
+    /// A snapshot where `nets` are fully set up.
+    fn converged(nets: &[VmNet]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (i, n) in nets.iter().enumerate() {
+            let bi = 10 + 2 * i as u32;
+            s.links
+                .insert(n.bridge.clone(), link(bi, &n.bridge, "bridge", None));
+            s.links
+                .insert(n.tap.clone(), link(bi + 1, &n.tap, "tun", Some(bi)));
+            s.addrs.insert(bi, vec![(n.gateway, n.address.prefix)]);
+        }
+        s
+    }
+
+    fn plan_on(files: &[VmNet], snap: &Snapshot, state: &State, fp: Option<String>) -> Plan {
+        let installed = Installed {
+            inet: fp.is_some(),
+            bridge: fp.is_some(),
+            fingerprint: fp,
+        };
+        let obs = Observed {
+            snap,
+            installed: &installed,
+            ip_forward: "1",
+            state,
+        };
+        plan_apply(files, host(), &obs).unwrap()
+    }
+
+    #[test]
+    fn merge_when_vm_reapplied_then_replaces_only_its_entries() {
+        let mut changed = net(1);
+        changed.bridge = "br-x".into();
+        let (merged, replaced) = merge(&[net(1), net(2)], &[changed.clone()]);
+        assert_eq!(merged, vec![changed, net(2)]);
+        assert_eq!(replaced, vec![net(1)]);
+        let mut moved = net(1);
+        moved.source = "/elsewhere/vm1.json".into();
+        assert!(
+            merge(&[net(1)], &[moved]).1.is_empty(),
+            "a new path is not a change"
+        );
+    }
+
+    #[test]
+    fn plan_when_nothing_exists_then_creates_in_order() {
+        let p = plan_on(&[net(1)], &Snapshot::default(), &State::default(), None);
+        let owner = Owner {
+            uid: Some(1000),
+            gid: None,
+        };
+        let cidr: Cidr = "10.1.0.1/24".parse().unwrap();
+        assert_eq!(
+            p.actions,
+            vec![
+                Action::CreateBridge("br-vm1".into()),
+                Action::AddAddr("br-vm1".into(), cidr),
+                Action::CreateTap("vm-vm1".into(), owner),
+                Action::SetMaster("vm-vm1".into(), "br-vm1".into()),
+                Action::SetUp("vm-vm1".into()),
+                Action::SetUp("br-vm1".into()),
+            ]
+        );
+        assert!(p.ruleset_changes && !p.is_noop());
+        assert!(p.new_state.created_links.contains("br-vm1"));
+        assert!(
+            p.new_state.added_addrs.is_empty(),
+            "addresses on our own bridges need no record"
+        );
+    }
+
+    #[test]
+    fn plan_when_converged_and_fingerprint_matches_then_noop() {
+        let nets = [net(1), net(2)];
+        let fp = ruleset::render(&nets, &host()).1;
+        let p = plan_on(&nets, &converged(&nets), &State::default(), fp);
+        assert!(p.is_noop(), "{:?}", p.actions);
+    }
+
+    #[test]
+    fn plan_when_tap_owner_drifted_then_fixes_owner_only() {
+        let nets = [net(1)];
+        let mut snap = converged(&nets);
+        snap.links
+            .get_mut("vm-vm1")
+            .unwrap()
+            .tun
+            .as_mut()
+            .unwrap()
+            .owner = Some(7);
+        let fp = ruleset::render(&nets, &host()).1;
+        let p = plan_on(&nets, &snap, &State::default(), fp);
+        assert!(matches!(p.actions.as_slice(), [Action::SetTapOwner(t, _)] if t == "vm-vm1"));
+    }
+
+    #[test]
+    fn plan_when_vm_renamed_then_deletes_only_links_netctl_created() {
+        let old = net(1);
+        let mut state = State::default();
+        state.nets = vec![old.clone()];
+        state.created_links.insert(old.tap.clone()); // the bridge was the user's
+        let mut new = net(1);
+        new.tap = "vm-new1".into();
+        let p = plan_on(&[new], &converged(&[old]), &state, None);
+        assert!(p.actions.contains(&Action::DelLink("vm-vm1".into())));
+        assert!(!p.actions.contains(&Action::DelLink("br-vm1".into())));
+        assert!(p
+            .transitional
+            .as_deref()
+            .is_some_and(|t| t.contains("\"vm-vm1\"") && t.contains("\"vm-new1\"")));
+        assert!(!p.ruleset.contains("\"vm-vm1\""));
+    }
+
+    #[test]
+    fn plan_when_name_used_by_other_kind_or_bridge_shared_then_error() {
+        let mut snap = Snapshot::default();
+        snap.links
+            .insert("vm-vm1".into(), link(3, "vm-vm1", "veth", None));
+        let obs_state = State::default();
+        let installed = Installed::default();
+        let obs = Observed {
+            snap: &snap,
+            installed: &installed,
+            ip_forward: "0",
+            state: &obs_state,
+        };
+        assert!(matches!(
+            plan_apply(&[net(1)], host(), &obs),
+            Err(Error::LinkConflict { .. })
+        ));
+
+        let mut snap = converged(&[net(1)]);
+        snap.links
+            .insert("eth9".into(), link(99, "eth9", "veth", Some(10)));
+        let obs = Observed {
+            snap: &snap,
+            installed: &installed,
+            ip_forward: "0",
+            state: &obs_state,
+        };
+        assert!(matches!(
+            plan_apply(&[net(1)], host(), &obs),
+            Err(Error::BridgeShared { .. })
+        ));
+    }
 }

@@ -103,6 +103,19 @@ fn apply_when_vm_network_changes_then_old_links_replaced() {
         !links.contains("br-vm1") && links.contains("br-new1") && links.contains("vm-new1"),
         "{links}"
     );
+    // Only the TAP renamed: the old TAP, still a port of the kept bridge, is replaced.
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, text.replace("vm-new1", "vm-newer1")).unwrap();
+    let out = t.netctl_ok(&["apply", s(&f)]);
+    assert!(
+        out.contains("delete link vm-new1") && !out.contains("delete link br-new1"),
+        "{out}"
+    );
+    let links = t.host.ip(&["-br", "link"]);
+    assert!(
+        !links.contains("vm-new1 ") && links.contains("vm-newer1"),
+        "{links}"
+    );
     t.netctl_ok(&["down", s(&f)]);
     assert_eq!(before, t.snapshot());
 }
