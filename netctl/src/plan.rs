@@ -432,8 +432,10 @@ mod tests {
     #[test]
     fn plan_when_vm_renamed_then_deletes_only_links_netctl_created() {
         let old = net(1);
-        let mut state = State::default();
-        state.nets = vec![old.clone()];
+        let mut state = State {
+            nets: vec![old.clone()],
+            ..Default::default()
+        };
         state.created_links.insert(old.tap.clone()); // the bridge was the user's
         let mut new = net(1);
         new.tap = "vm-new1".into();
