@@ -214,13 +214,26 @@ impl RxState {
     }
 
     /// Pops and checks one receive chain; bad ones are returned empty and counted. Returns
-    /// false when the queue is empty (with notifications re-enabled).
+    /// false when the queue is empty (with notifications re-enabled) or its available index
+    /// is invalid.
     fn pop_chain(&mut self, active: &mut Active, counters: &NetCounters, used: &mut bool) -> bool {
         let (mem, q) = (&active.mem, &mut active.rx_queue);
+        let mut rechecked = false;
         loop {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 match q.enable_notification(mem) {
-                    Ok(true) => continue,
+                    // Buffers arrived while notifications were off: pop again.
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    // Still nothing to pop although the ring claims entries: the guest
+                    // published an available index more than a queue size ahead. Wait for
+                    // the next kick instead of spinning.
+                    Ok(true) => {
+                        log::warn!("virtio-net: invalid receive ring index; receive stalled");
+                        return false;
+                    }
                     Ok(false) => return false,
                     Err(e) => {
                         log::error!("virtio-net: cannot enable receive notifications: {e}");

@@ -5,7 +5,11 @@
 //! the guest's virtio-net header and applies the offloads it asks for. Chains are always
 //! returned to the guest, bad or not, so its buffers are never lost.
 
-use virtio_queue::QueueT;
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 
 use super::chain::{check_chain, Direction};
 use super::device::{Net, NetBackend, MAX_FRAME_LEN};
@@ -27,6 +31,14 @@ pub struct TxOutcome {
     pub more: bool,
 }
 
+/// Whether the guest's available index is more than a queue size ahead of the device.
+fn avail_index_invalid(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    match queue.avail_idx(mem, Ordering::Acquire) {
+        Ok(idx) => (idx - Wrapping(queue.next_avail())).0 > queue.size(),
+        Err(_) => false,
+    }
+}
+
 impl<B: NetBackend> Net<B> {
     /// Sends the available transmit chains to the backend (up to [`TX_BUDGET`]) and
     /// interrupts the guest if it asked to be. Does nothing while inactive.
@@ -37,6 +49,12 @@ impl<B: NetBackend> Net<B> {
         let (backend, buf, counters) = (&mut self.backend, &mut self.tx_buf, &*self.counters);
         let (mem, queue) = (&active.mem, &mut active.tx_queue);
         let size = queue.size();
+        if avail_index_invalid(queue, mem) {
+            // Serving would find nothing to pop while the ring claims entries; wait for the
+            // next kick. (The shared queue loop guards against this too.)
+            log::warn!("virtio-net: invalid transmit ring index; transmit stalled");
+            return TxOutcome::default();
+        }
         let mut budget = TX_BUDGET;
         let drained = serve_available("virtio-net tx", queue, mem, |chain| {
             if budget == 0 {

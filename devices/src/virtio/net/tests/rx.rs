@@ -403,3 +403,22 @@ fn rx_when_bad_chain_then_counted_returned_and_next_chain_served() {
         );
     }
 }
+
+#[test]
+fn rx_when_avail_index_too_far_ahead_then_waits_instead_of_spinning() {
+    let mem = memory();
+    let r = rings(&mem, 16);
+    let (mut net, host) = pair_net();
+    activate(&mut net, &mem, &r, V1);
+    add_chain(&r.rx, 0, &[(BUFS, 2048, WRITE, 0)]);
+    r.rx.avail().idx().store(40);
+    host.send_frame(&test_frame(60, 24));
+
+    assert_eq!(net.process_rx(), RxOutcome::NeedBuffers);
+    assert!(used(&mem, &r.rx).is_empty());
+
+    // The guest repairs its index: the waiting frame goes out on the next call.
+    r.rx.avail().idx().store(1);
+    assert_eq!(net.process_rx(), RxOutcome::BackendEmpty);
+    assert_eq!(used(&mem, &r.rx), vec![(0, (HDR + 60) as u32)]);
+}

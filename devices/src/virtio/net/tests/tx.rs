@@ -203,3 +203,27 @@ fn tx_when_bad_chain_then_counted_returned_and_next_chain_sent() {
         assert_eq!((s.bad_descriptors, s.tx_packets), (1, 1), "{name}");
     }
 }
+
+/// A guest that publishes an available index more than a queue size ahead must not hang
+/// the event loop. Run on a thread so that a regression fails instead of hanging the suite.
+#[test]
+fn tx_when_avail_index_too_far_ahead_then_returns() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mem = memory();
+        let r = rings(&mem, 16);
+        let (mut net, host) = pair_net();
+        activate(&mut net, &mem, &r, V1);
+        put_packet(&mem, BUFS, &[0; HDR], &test_frame(60, 7));
+        add_chain(&r.tx, 0, &[(BUFS, (HDR + 60) as u32, 0, 0)]);
+        r.tx.avail().idx().store(40);
+        let out = net.process_tx();
+        let _ = tx.send((out.used, host.recv().is_some()));
+    });
+    let result = rx.recv_timeout(std::time::Duration::from_secs(5));
+    assert_eq!(
+        result,
+        Ok((0, false)),
+        "process_tx spins on an invalid avail index"
+    );
+}
