@@ -134,3 +134,43 @@ pub fn resolve(
         tailscale_if,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_file_when_example_then_parses_and_flags_win() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/host.json");
+        let args = HostArgs {
+            host_file: Some(example.into()),
+            egress: Some("all".into()),
+            ..Default::default()
+        };
+        let m = merged(&args).unwrap();
+        assert_eq!(m.uplink.as_deref(), Some("eth0"));
+        assert_eq!(m.tap_user.as_deref(), Some("tinyvmm"));
+        assert_eq!(m.egress.as_deref(), Some("all"));
+        assert_eq!(m.tailscale_if.as_deref(), Some("tailscale0"));
+    }
+
+    #[test]
+    fn host_file_when_unknown_key_then_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.json");
+        std::fs::write(&p, r#"{"uplnk": "eth0"}"#).unwrap();
+        let args = HostArgs {
+            host_file: Some(p),
+            ..Default::default()
+        };
+        assert!(matches!(merged(&args), Err(Error::ParseConfig { .. })));
+    }
+
+    #[test]
+    fn ids_when_numeric_or_known_names_then_resolved() {
+        assert_eq!(uid_of("1234").unwrap(), 1234);
+        assert_eq!(uid_of("root").unwrap(), 0);
+        assert_eq!(gid_of("root").unwrap(), 0);
+        assert!(uid_of("no-such-user-netctl").is_err());
+    }
+}
