@@ -21,6 +21,7 @@ pub struct Loaded {
 pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded> {
     let mut out = Loaded::default();
     let mut problems = Vec::new();
+    let mut names: std::collections::BTreeMap<String, String> = Default::default();
     for p in paths {
         let p = p.as_ref();
         let origin = p.display().to_string();
@@ -32,6 +33,12 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded> {
             path: p.to_path_buf(),
             msg: e.to_string(),
         })?;
+        if let Some(first) = names.insert(cfg.name.clone(), origin.clone()) {
+            problems.push(format!(
+                "{origin}: VM name `{}` is also used by {first}",
+                cfg.name
+            ));
+        }
         for (i, n) in cfg.network.iter().enumerate() {
             let at = format!("{origin}: network[{i}]");
             match convert(&cfg.name, &origin, n, &at) {
@@ -130,6 +137,16 @@ mod tests {
         let (a, b) = (file(text), file(&text.replace("vm1", "vm2")));
         match load_files(&[a.path(), b.path()]) {
             Err(Error::Validate(p)) => assert_eq!(p.len(), 2, "{p:?}"),
+            other => panic!("expected validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_when_two_files_name_the_same_vm_then_error() {
+        let text = r#"{"name":"vm1","vcpus":1,"memory_mib":64,"kernel":{"path":"/k"}}"#;
+        let (a, b) = (file(text), file(text));
+        match load_files(&[a.path(), b.path()]) {
+            Err(Error::Validate(p)) => assert!(p[0].contains("also used by"), "{p:?}"),
             other => panic!("expected validation error, got {other:?}"),
         }
     }
