@@ -12,8 +12,8 @@ use std::io;
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::QueueT;
 
@@ -109,6 +109,21 @@ fn frame_problem(frame: &[u8], active: &Active) -> Option<&'static str> {
     (!accepted).then_some("uses a segmentation offload the guest did not accept")
 }
 
+/// Keeps only the header flags the guest may see: the TAP marks frames whose checksum the
+/// host verified (DATA_VALID) even without checksum offload, but a driver that did not ack
+/// GUEST_CSUM must get flags 0.
+fn sanitize_flags(frame: &mut [u8], active: &Active) {
+    let allowed = if active.has(VIRTIO_NET_F_GUEST_CSUM) {
+        VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID
+    } else {
+        0
+    };
+    if let Some(flags) = frame.first_mut() {
+        // The allowed flags fit in the one-byte field.
+        *flags &= allowed as u8;
+    }
+}
+
 impl<B: NetBackend> Net<B> {
     /// Moves frames from the backend into the receive queue until the backend is empty, the
     /// guest has no buffers, or the budget is spent; interrupts the guest if it asked to be.
@@ -136,6 +151,7 @@ impl<B: NetBackend> Net<B> {
                             counters.rx_drop();
                             continue;
                         }
+                        sanitize_flags(&mut rx.buf[..len], active);
                         rx.pending = Some(len);
                         len
                     }

@@ -67,7 +67,7 @@ pub enum TapError {
         source: io::Error,
     },
     /// Another process (or another device of this VM) has the TAP open.
-    #[error("TAP {name}: busy: another process already has it open")]
+    #[error("TAP {name}: busy: another process (or another interface of this VM) has it open")]
     Busy {
         /// The TAP.
         name: String,

@@ -422,3 +422,26 @@ fn rx_when_avail_index_too_far_ahead_then_waits_instead_of_spinning() {
     assert_eq!(net.process_rx(), RxOutcome::BackendEmpty);
     assert_eq!(used(&mem, &r.rx), vec![(0, (HDR + 60) as u32)]);
 }
+
+#[test]
+fn rx_when_host_marks_checksum_valid_then_flag_kept_only_if_guest_csum_acked() {
+    for (features, expected) in [(V1, 0u8), (V1 | GUEST_CSUM, 2u8)] {
+        let mem = memory();
+        let r = rings(&mem, 16);
+        let (mut net, host) = pair_net();
+        activate(&mut net, &mem, &r, features);
+        add_chain(&r.rx, 0, &[(BUFS, 2048, WRITE, 0)]);
+        let mut hdr = [0u8; HDR];
+        hdr[0] = 2 | 4; // DATA_VALID, and RSC_INFO which this device never offers
+        host.send_with_header(&hdr, &test_frame(60, 25));
+
+        net.process_rx();
+
+        assert_eq!(
+            used(&mem, &r.rx),
+            vec![(0, (HDR + 60) as u32)],
+            "{features:#x}"
+        );
+        assert_eq!(read_mem(&mem, BUFS, 1), vec![expected], "{features:#x}");
+    }
+}
