@@ -11,11 +11,12 @@ use devices::exit::ExitRequest;
 use devices::interrupt::Interrupt;
 use devices::legacy::serial::{is_pollable_input, Serial, SerialInput};
 use devices::legacy::{acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042};
+use devices::virtio::net::{Net, NetCounters, NetError, Tap, TapError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use event_manager::SubscriberOps;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmconfig::{MmioDiscovery, SerialConfig, VmConfig};
+use vmconfig::{MmioDiscovery, NetConfig, SerialConfig, VmConfig};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::builder::Subscribers;
@@ -66,6 +67,14 @@ pub enum AttachError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("open the TAP for virtio-net")]
+    OpenTap(#[source] TapError),
+    #[error("create the virtio-net device on TAP {tap}")]
+    CreateNet {
+        tap: String,
+        #[source]
+        source: NetError,
+    },
     #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_DEVICES)]
     TooManyVirtioDevices,
 }
@@ -79,6 +88,8 @@ pub struct Platform {
     frozen: Option<(Arc<Bus>, Arc<Bus>)>,
     ged: Option<Arc<Mutex<Ged>>>,
     virtio: Vec<VirtioMmioDesc>,
+    /// Per-TAP counters of the virtio-net devices, for the control socket.
+    pub net_counters: Vec<(String, Arc<NetCounters>)>,
 }
 
 impl Platform {
@@ -90,6 +101,7 @@ impl Platform {
             frozen: None,
             ged: None,
             virtio: Vec::new(),
+            net_counters: Vec::new(),
         }
     }
 
@@ -246,6 +258,33 @@ pub fn attach_virtio_rng(
     attach_virtio(vm, mem, platform, "virtio-rng", rng.clone())?;
     subscribers.add_subscriber(rng);
     Ok(())
+}
+
+/// A virtio-net device on the host TAP `net.tap` (opened by name; created non-persistent when
+/// missing and tinyvmm runs as root), in the next virtio-mmio slot.
+pub fn attach_net(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    net: &NetConfig,
+) -> Result<(), AttachError> {
+    let tap = Tap::open_or_create_transient(&net.tap).map_err(AttachError::OpenTap)?;
+    let device = Net::new(tap, net.mac.octets()).map_err(|source| AttachError::CreateNet {
+        tap: net.tap.clone(),
+        source,
+    })?;
+    let device = Arc::new(Mutex::new(device));
+    platform
+        .net_counters
+        .push((net.tap.clone(), device_counters(&device)));
+    attach_virtio(vm, mem, platform, "virtio-net", device.clone())?;
+    subscribers.add_subscriber(device);
+    Ok(())
+}
+
+fn device_counters(device: &Arc<Mutex<Net>>) -> Arc<NetCounters> {
+    device.lock().unwrap_or_else(|e| e.into_inner()).counters()
 }
 
 /// Puts `device` behind a virtio-mmio transport in the next free slot, with an ioeventfd per

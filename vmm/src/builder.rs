@@ -113,6 +113,9 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     if cfg.rng {
         attach::attach_virtio_rng(&vm, &mem, &mut platform, &mut subscribers)?;
     }
+    for net in &cfg.network {
+        attach::attach_net(&vm, &mem, &mut platform, &mut subscribers, net)?;
+    }
 
     let rsdp = write_acpi_tables(&mem, cfg, &platform)?;
     let cmdline = attach::kernel_cmdline(cfg, &platform);

@@ -1,0 +1,141 @@
+//! virtio-net attach on this host's KVM, inside a network namespace the test creates: tinyvmm
+//! opens the TAP named in the config, creates a non-persistent one when it is missing (root),
+//! and names the TAP when it cannot use it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tinyvmm_benches::build_guest;
+
+/// A throwaway network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "tvmm-vmmnet-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip (apt-get install iproute2)")
+            .success();
+        assert!(ok, "ip netns add {name} failed (needs root)");
+        Netns(name)
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn config(dir: &Path, name: &str, kernel: &Path, tap: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.json"));
+    let json = format!(
+        r#"{{"name":"{name}","vcpus":1,"memory_mib":64,"kernel":{{"path":"{}"}},"serial":"none",
+"network":[{{"tap":"{tap}","mac":"02:00:00:00:00:01"}}]}}"#,
+        kernel.display()
+    );
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+fn tinyvmm(ns: &Netns, dir: &Path, cfg: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.0,
+        env!("CARGO_BIN_EXE_tinyvmm"),
+        "--log-level",
+        "info",
+    ])
+    .arg("run")
+    .arg(cfg)
+    .arg("--run-dir")
+    .arg(dir.join("run"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+#[test]
+fn run_when_tap_exists_in_namespace_then_device_attached_and_guest_runs() {
+    let ns = Netns::new();
+    let made = ns.exec(&[
+        "ip", "tuntap", "add", "dev", "vm-t1", "mode", "tap", "vnet_hdr",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "net1",
+        &build_guest("poweroff", dir.path()).unwrap(),
+        "vm-t1",
+    );
+    let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // The persistent TAP is still there afterwards: tinyvmm only borrowed it.
+    let link = ns.exec(&["ip", "link", "show", "vm-t1"]);
+    assert!(link.status.success());
+}
+
+#[test]
+fn run_when_tap_missing_and_root_then_transient_tap_created_and_removed() {
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "net2",
+        &build_guest("poweroff", dir.path()).unwrap(),
+        "vm-new",
+    );
+    let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("vm-new"), "creation not reported: {err}");
+    let link = ns.exec(&["ip", "link", "show", "vm-new"]);
+    assert!(!link.status.success(), "transient TAP left behind");
+}
+
+#[test]
+fn run_when_tap_busy_then_error_names_the_tap() {
+    let ns = Netns::new();
+    let made = ns.exec(&[
+        "ip", "tuntap", "add", "dev", "vm-busy", "mode", "tap", "vnet_hdr",
+    ]);
+    assert!(made.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let spin = build_guest("spin", dir.path()).unwrap();
+    let first_cfg = config(dir.path(), "holder", &spin, "vm-busy");
+    let mut first = tinyvmm(&ns, dir.path(), &first_cfg).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let second_cfg = config(dir.path(), "second", &spin, "vm-busy");
+    let out = tinyvmm(&ns, dir.path(), &second_cfg).output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("vm-busy"), "{err}");
+}
