@@ -79,6 +79,41 @@ pub struct Installed {
     pub bridge: bool,
     /// The fingerprint in the inet table's comment, if present.
     pub fingerprint: Option<String>,
+    /// A digest of both tables' full content as the kernel reports it (JSON, handles
+    /// removed): catches rules or set elements changed behind netctl's back.
+    pub digest: Option<String>,
+}
+
+/// Drops what differs between identical rulesets: handles and the metainfo object.
+fn canonical(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("handle");
+            m.values_mut().for_each(canonical);
+        }
+        serde_json::Value::Array(a) => {
+            a.retain(|x| x.get("metainfo").is_none());
+            a.iter_mut().for_each(canonical);
+        }
+        _ => {}
+    }
+}
+
+fn digest(nft: &PathBuf) -> Result<Option<String>> {
+    let mut all = String::new();
+    for fam in ["inet", "bridge"] {
+        let Some(text) = list(nft, &["-j", "list", "table", fam, TABLE])? else {
+            return Ok(None);
+        };
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::ListRuleset {
+                what: format!("table {fam} {TABLE} (JSON)"),
+                msg: e.to_string(),
+            })?;
+        canonical(&mut v);
+        all.push_str(&v.to_string());
+    }
+    Ok(Some(crate::ruleset::fingerprint(&all)))
 }
 
 /// Reads our two tables' presence and the fingerprint comment.
@@ -99,9 +134,11 @@ pub fn installed(nft: &PathBuf) -> Result<Installed> {
             l.strip_prefix(COMMENT_PREFIX).map(str::to_string)
         });
     }
+    let digest = if inet && bridge { digest(nft)? } else { None };
     Ok(Installed {
         inet,
         bridge,
         fingerprint,
+        digest,
     })
 }

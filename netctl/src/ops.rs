@@ -184,8 +184,12 @@ fn steps(ctx: &Ctx, p: &Plan, undo: &mut Undo) -> Result<()> {
         undo.ip_forward = Some(ctx.ip_forward.clone());
         sys::sysctl_write(sys::IP_FORWARD, "1")?;
     }
+    let mut st = p.new_state.clone();
+    if p.ruleset_changes || p.transitional.is_some() {
+        st.ruleset_digest = nft::installed(&ctx.nft)?.digest;
+    }
     sys::fail_point("before-state")?;
-    p.new_state.save(&ctx.state_path)
+    st.save(&ctx.state_path)
 }
 
 fn rollback(ctx: &Ctx, undo: &Undo) -> Result<()> {
@@ -314,6 +318,7 @@ pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P], force: bool) -> Result<Vec<S
     let host = ctx.state.host.clone().unwrap_or_else(dummy_host);
     let (script, _) = ruleset::render(&remaining, &host);
     nft::load(&ctx.nft, &script)?;
+    let digest = nft::installed(&ctx.nft)?.digest;
     report.push(if remaining.is_empty() {
         format!(
             "- delete nftables tables `inet {0}` and `bridge {0}`",
@@ -323,6 +328,7 @@ pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P], force: bool) -> Result<Vec<S
         "- replace nftables tables without the removed VMs".to_string()
     });
     let mut st = plan::next_state(&ctx.state, &host, &remaining, &actions);
+    st.ruleset_digest = digest;
     for n in &gone {
         st.added_addrs.remove(&(n.bridge.clone(), n.gateway_cidr()));
         if ctx.snap.link(&n.tap).is_none() {

@@ -228,6 +228,16 @@ pub fn next_state(state: &State, host: &Host, nets: &[VmNet], actions: &[Action]
     s
 }
 
+/// Whether the kernel holds exactly the ruleset with `fingerprint`, untouched since netctl
+/// loaded it.
+pub fn ruleset_in_place(i: &Installed, state: &State, fingerprint: Option<&String>) -> bool {
+    let untouched = state
+        .ruleset_digest
+        .as_ref()
+        .is_none_or(|d| i.digest.as_ref() == Some(d));
+    i.inet && i.bridge && i.fingerprint.as_ref() == fingerprint && untouched
+}
+
 /// Inputs of [`plan_apply`].
 pub struct Observed<'a> {
     pub snap: &'a Snapshot,
@@ -264,8 +274,7 @@ pub fn plan_apply(files: &[VmNet], host: Host, obs: &Observed<'_>) -> Result<Pla
         both.extend(replaced.iter().cloned());
         Some(ruleset::render(&both, &host).0)
     };
-    let ruleset_changes =
-        !(obs.installed.inet && obs.installed.bridge && obs.installed.fingerprint == fingerprint);
+    let ruleset_changes = !ruleset_in_place(obs.installed, obs.state, fingerprint.as_ref());
     let new_state = next_state(obs.state, &host, &nets, &actions);
     let mut new_state = new_state;
     let set_ip_forward = obs.ip_forward != "1";
@@ -353,6 +362,7 @@ mod tests {
             inet: fp.is_some(),
             bridge: fp.is_some(),
             fingerprint: fp,
+            digest: None,
         };
         let obs = Observed {
             snap,

@@ -96,7 +96,15 @@ pub fn status<P: AsRef<Path>>(ctx: &Ctx, files: &[P]) -> Result<Status> {
         .host
         .as_ref()
         .and_then(|h| ruleset::render(&ctx.state.nets, h).1);
-    let rules_ok = ctx.installed.inet && ctx.installed.bridge && ctx.installed.fingerprint == fp;
+    let rules_ok = crate::plan::ruleset_in_place(&ctx.installed, &ctx.state, fp.as_ref());
+    let tampered = ctx.installed.fingerprint == fp
+        && ctx.installed.digest.is_some()
+        && ctx.state.ruleset_digest.is_some()
+        && ctx.installed.digest != ctx.state.ruleset_digest;
+    if tampered {
+        lines
+            .push("note: netctl's tables were modified outside netctl; apply restores them".into());
+    }
     in_sync &= check(
         &mut lines,
         rules_ok || (declared.is_empty() && !ctx.installed.inet && !ctx.installed.bridge),

@@ -24,6 +24,9 @@ pub struct State {
     pub added_addrs: BTreeSet<(String, Cidr)>,
     /// net.ipv4.ip_forward before netctl first set it, restored when the last VM goes.
     pub ip_forward_before: Option<String>,
+    /// [`crate::nft::Installed::digest`] right after netctl loaded its ruleset.
+    #[serde(default)]
+    pub ruleset_digest: Option<String>,
 }
 
 pub fn default_path() -> Result<PathBuf> {

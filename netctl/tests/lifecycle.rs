@@ -354,3 +354,42 @@ fn apply_when_two_run_concurrently_then_both_vms_end_up_managed() {
     args.extend(files.iter().map(|p| s(p)));
     assert!(t.netctl_ok(&args).contains("status: in sync"));
 }
+
+#[test]
+fn status_when_rules_changed_outside_netctl_then_drift_and_apply_restores() {
+    let t = Topo::new();
+    let f = t.vm_file(1);
+    t.netctl_ok(&["apply", s(&f)]);
+    let good = t.snapshot();
+    // Same table, same comment, but the VM-to-VM drops are gone.
+    t.host
+        .exec(&["nft", "flush", "chain", "inet", "tinyvmm", "forward"]);
+    let out = t.netctl(&["status", s(&f)]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("modified outside netctl"));
+    let out = t.netctl_ok(&["apply", s(&f)]);
+    assert!(out.contains("replace nftables tables"), "{out}");
+    assert_eq!(good, t.snapshot());
+    assert!(t.netctl_ok(&["apply", s(&f)]).contains("no changes"));
+    // A changed set element is caught too.
+    t.host.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "bridge",
+        "tinyvmm",
+        "taps",
+        "{",
+        "\"vm-vm1\"",
+        "}",
+    ]);
+    assert!(t
+        .netctl_ok(&["apply", s(&f)])
+        .contains("replace nftables tables"));
+    assert_eq!(good, t.snapshot());
+}
