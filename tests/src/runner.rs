@@ -195,10 +195,11 @@ pub(crate) fn run(
         let remaining = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(remaining) {
             Ok(Event::Line(line)) => {
-                if !is_qemu_noise(&line) {
-                    let t = start.elapsed().as_secs_f64();
-                    println!("[lab {name} {t:7.2}s] {line}");
+                if is_qemu_noise(&line) {
+                    continue;
                 }
+                let t = start.elapsed().as_secs_f64();
+                println!("[lab {name} {t:7.2}s] {line}");
                 for (k, v) in parse_report_line(&line) {
                     if k == "l1.init_uptime" && boot_to_init.is_none() {
                         boot_to_init = Some(start.elapsed());
@@ -253,8 +254,8 @@ fn timed_out(
     }
 }
 
-/// QEMU's harmless complaints about EPYC CPUID bits TCG cannot emulate (kept in the output,
-/// not streamed).
+/// QEMU's harmless complaints about EPYC CPUID bits TCG cannot emulate (dropped: neither
+/// streamed nor kept in the output).
 fn is_qemu_noise(line: &str) -> bool {
     line.starts_with("qemu: ") && line.contains("TCG doesn't support requested feature")
 }
