@@ -373,3 +373,55 @@ fn apply_when_traffic_from_tailscale_interface_then_reaches_vm_but_not_from_upli
     );
     assert!(vm.wait_for(Duration::ZERO, from(INET_IP)).is_none());
 }
+
+#[test]
+fn apply_when_four_vms_then_each_reaches_internet_and_no_pair_connects() {
+    let t = Topo::new();
+    let files: Vec<_> = (1..=4).map(|i| t.vm_file(i)).collect();
+    let mut args = vec!["apply"];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    t.netctl_ok(&args);
+    let vms: Vec<(StandInVm, MacB)> = (1..=4).map(|i| start_vm(&t, i)).collect();
+    for (i, (vm, gw)) in vms.iter().enumerate() {
+        let payload = format!("four-{i}");
+        let u = udp(vm.ip, INET_IP, 40100, UDP_PORT, payload.as_bytes());
+        vm.send(&vm.ip_frame(*gw, vm.mac, vm.ip, INET_IP, PROTO_UDP, &u));
+        assert!(
+            vm.wait_for(WAIT, from(INET_IP)).is_some(),
+            "vm{} gets no answer",
+            i + 1
+        );
+        assert_eq!(
+            t.udp_seen_payload(payload.as_bytes()).map(|a| a.ip()),
+            Some(UPLINK_IP.into())
+        );
+    }
+    for (vm, _) in &vms {
+        vm.clear_log();
+    }
+    for (a, (vm, gw)) in vms.iter().enumerate() {
+        for b in 1..=4u8 {
+            if usize::from(b) != a + 1 {
+                probe(vm, *gw, vm_ip(b), 10 + b as u16);
+                probe(vm, *gw, gw_ip(b), 20 + b as u16);
+            }
+        }
+    }
+    std::thread::sleep(QUIET);
+    for (a, (vm, _)) in vms.iter().enumerate() {
+        for b in 1..=4u8 {
+            if usize::from(b) != a + 1 {
+                assert!(
+                    vm.wait_for(Duration::ZERO, from(vm_ip(b))).is_none(),
+                    "vm{} heard vm{b}",
+                    a + 1
+                );
+                assert!(
+                    vm.wait_for(Duration::ZERO, from(gw_ip(b))).is_none(),
+                    "vm{} heard gw of vm{b}",
+                    a + 1
+                );
+            }
+        }
+    }
+}

@@ -21,6 +21,13 @@ fn state_files(t: &Topo) -> usize {
 #[test]
 fn apply_when_repeated_then_noop_and_down_leaves_no_trace() {
     let t = Topo::new();
+    // Someone else's table: netctl must never touch it.
+    let foreign = "table ip other {\n chain passthru {\n  type filter hook forward priority 10; policy accept;\n  iifname \"br-vm1\" counter\n }\n}\n";
+    let path = t.dir.path().join("other.nft");
+    std::fs::write(&path, foreign).unwrap();
+    t.host.exec(&["nft", "-f", path.to_str().unwrap()]);
+    let other = || t.host.exec(&["nft", "list", "table", "ip", "other"]);
+    let other_before = other();
     let before = t.snapshot();
     let files: Vec<PathBuf> = (1..=3).map(|i| t.vm_file(i)).collect();
     let mut args = vec!["apply"];
@@ -37,6 +44,7 @@ fn apply_when_repeated_then_noop_and_down_leaves_no_trace() {
     );
     assert!(tap.contains("master br-vm2"), "{tap}");
 
+    assert_eq!(other_before, other(), "apply touched another table");
     let again = t.netctl_ok(&args[..4]);
     assert!(again.contains("no changes"), "{again}");
     assert!(!again.contains("applied"), "{again}");
