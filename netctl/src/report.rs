@@ -53,13 +53,27 @@ fn vm_status(ctx: &Ctx, n: &VmNet, lines: &mut Vec<String>) -> bool {
     ok &= check(lines, tap.is_some(), format!("  TAP {}", n.tap));
     if let Some(t) = tap.and_then(|t| t.tun) {
         let own = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-        lines.push(format!(
-            "          TAP {}: owner {} group {} persist {}",
-            n.tap,
-            own(t.owner),
-            own(t.group),
-            t.persist
-        ));
+        let (want_u, want_g) = ctx
+            .state
+            .host
+            .as_ref()
+            .map_or((None, None), |h| (h.tap_uid, h.tap_gid));
+        let owner_ok = want_u.is_none_or(|u| t.owner == Some(u))
+            && want_g.is_none_or(|g| t.group == Some(g))
+            && t.persist;
+        ok &= check(
+            lines,
+            owner_ok,
+            format!(
+                "  TAP {} owner {} group {} persist {} (wanted owner {} group {})",
+                n.tap,
+                own(t.owner),
+                own(t.group),
+                t.persist,
+                own(want_u),
+                own(want_g)
+            ),
+        );
     }
     let attached = match (tap, br) {
         (Some(t), Some(b)) => t.master == Some(b.index),
