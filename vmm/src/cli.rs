@@ -54,7 +54,7 @@ pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
     };
     timing.set_enabled(cfg.boot_timer);
     timing.mark(Milestone::ConfigParsed);
-    if let Err(e) = check_host_memory(&cfg) {
+    if let Err(e) = check_unsupported(&cfg).and_then(|()| check_host_memory(&cfg)) {
         eprintln!("tinyvmm: {}: {e}", path.display());
         return RunExit::InvalidConfig;
     }
@@ -116,6 +116,24 @@ fn snapshot_before_boot(
             snap.taken,
             cfg.name,
             snap.pruned
+        );
+    }
+    Ok(())
+}
+
+/// Refuses config sections this build cannot honour yet, instead of booting a guest that
+/// silently lacks them.
+fn check_unsupported(cfg: &VmConfig) -> Result<(), String> {
+    if !cfg.shares.is_empty() {
+        return Err(format!(
+            "shares: {} virtio-fs share(s) configured, but this tinyvmm has no virtio-fs device yet",
+            cfg.shares.len()
+        ));
+    }
+    if let Some(sock) = &cfg.control_socket {
+        log::warn!(
+            "control_socket {}: the control socket is not implemented yet; ignored",
+            sock.display()
         );
     }
     Ok(())

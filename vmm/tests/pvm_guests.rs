@@ -246,3 +246,25 @@ fn validate_when_config_bad_then_every_problem_named() {
     }
     assert!(err.contains(":2:"), "line of name missing: {err}");
 }
+
+#[test]
+fn run_when_config_has_shares_then_refused_before_creating_anything() {
+    let f = Fixture::new();
+    let kernel = f.guest("poweroff");
+    let cfg = f.config(
+        "shares",
+        &kernel,
+        &format!(
+            r#","shares":[{{"tag":"store","source":"{}","read_only":true}}]"#,
+            f.dir.path().display()
+        ),
+    );
+    let out = f.run(&cfg);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("shares"), "{err}");
+    assert!(
+        !timing_events(&err).contains(&"vm_created".to_owned()),
+        "{err}"
+    );
+}
