@@ -25,6 +25,8 @@ pub struct Drained {
     pub notify: bool,
     /// Whether draining stopped on [`Served::Later`].
     pub stopped: bool,
+    /// Whether the available ring was unusable (index more than a queue size ahead).
+    pub stalled: bool,
 }
 
 /// Pops every available chain of `queue` and hands it to `serve`. Guest memory errors on the
@@ -43,7 +45,9 @@ where
         if let Err(e) = queue.disable_notification(mem) {
             log::error!("{name}: cannot disable queue notifications: {e}");
         }
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped = true;
             let head = chain.head_index();
             if head >= queue.size() {
                 log::warn!("{name}: available ring names descriptor {head}; skipped");
@@ -68,7 +72,16 @@ where
             }
         }
         match queue.enable_notification(mem) {
-            Ok(true) => continue,
+            // More arrived while notifications were off: go again.
+            Ok(true) if popped => continue,
+            // The ring claims entries but none can be popped: the guest published an
+            // available index more than a queue size ahead. Going again would spin forever;
+            // stop until the next notification.
+            Ok(true) => {
+                log::warn!("{name}: invalid available ring index; queue stalled");
+                out.stalled = true;
+                break;
+            }
             Ok(false) => break,
             Err(e) => {
                 log::error!("{name}: cannot enable queue notifications: {e}");
@@ -123,6 +136,20 @@ mod tests {
         );
         assert!(!second.stopped);
         assert_eq!(mock.used().idx().load(), 3);
+    }
+
+    #[test]
+    fn serve_when_avail_index_too_far_ahead_then_returns_instead_of_spinning() {
+        let (mem, descs) = setup(1);
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        mock.avail().idx().store(40);
+
+        let out = serve_available("test", &mut queue, &mem, |_| Served::Used(1));
+
+        assert!(out.stalled);
+        assert_eq!(out.used, 0);
     }
 
     #[test]
