@@ -3,7 +3,7 @@
 //! Our machines' /dev/kvm is PVM and boots no stock kernel, so every claim tinyvmm makes is
 //! proven here instead: QEMU (TCG) emulates an AMD CPU with SVM (L1, Debian cloud kernel +
 //! busybox initramfs); inside it kvm-amd provides /dev/kvm, and tinyvmm boots the same Debian
-//! kernel as the L2 guest. See README.md in this crate.
+//! kernel as the L2 guest. See "The lab" in the top-level README.md.
 //!
 //! ```no_run
 //! use lab::{Lab, Mode, Scenario};
