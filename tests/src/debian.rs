@@ -259,6 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn fetch_unpacked_when_cached_then_no_download() {
+        let dir = tempfile::tempdir().unwrap();
+        // A version apt cannot know: any attempt to download would fail the test.
+        let pkg = Package {
+            name: "no-such-package-lab".into(),
+            version: "0.0-test".into(),
+        };
+        let cached = dir.path().join(pkg.key());
+        fs::create_dir_all(cached.join("root/boot")).unwrap();
+        fs::write(cached.join(".complete"), "0.0-test").unwrap();
+        assert_eq!(
+            fetch_unpacked(&pkg, dir.path()).unwrap(),
+            cached.join("root")
+        );
+    }
+
+    #[test]
     fn package_key_when_epoch_then_no_colon() {
         let p = Package {
             name: "busybox-static".into(),

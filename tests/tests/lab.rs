@@ -24,7 +24,8 @@ fn process_running(needle: &str) -> bool {
 
 const SMOKE_L1: &str = r#"
 test -c /dev/kvm || { echo "no /dev/kvm"; exit 1; }
-echo "LAB $(kvm-smoke)"
+# A hang of the nested guest is reported as such instead of running into the lab timeout.
+echo "LAB $(timeout 60 kvm-smoke || echo kvm_smoke_exit=$?)"
 for f in /lab/l2/vmlinuz /lab/l2/initrd.gz /lab/vm.json /lab/bin/tinyvmm; do
     test -s "$f" || { echo "missing $f"; exit 2; }
 done
@@ -33,6 +34,8 @@ tinyvmm --help >/dev/null 2>&1; lab-report tinyvmm_rc=$?
 modprobe tun && modprobe bridge && modprobe veth && modprobe nft_masq && modprobe virtio_net \
     && lab-report l1_modules=ok
 test -c /dev/net/tun && lab-report tun=1
+# A host binary with its shared libraries (Scenario::host_binary); nft autoloads nf_tables.
+nft add table inet lab && nft list tables | grep -q 'inet lab' && lab-report nft=ok
 "#;
 
 #[test]
@@ -40,6 +43,7 @@ fn nested_kvm_smoke_when_l1_boots_then_dev_kvm_runs_a_guest() {
     let lab = lab(Mode::Fast);
     let scenario = Scenario::new("kvm-smoke")
         .script(SMOKE_L1)
+        .host_binary("/usr/sbin/nft")
         .timeout(Duration::from_secs(120));
     let out = lab
         .run(&scenario)
@@ -58,6 +62,7 @@ fn nested_kvm_smoke_when_l1_boots_then_dev_kvm_runs_a_guest() {
     );
     assert_eq!(out.get("l1_modules"), Some("ok"), "{}", out.output);
     assert_eq!(out.get("tun"), Some("1"), "{}", out.output);
+    assert_eq!(out.get("nft"), Some("ok"), "{}", out.output);
     println!(
         "lab timing (fast): boot_to_init={:?} elapsed={:?} l1.init_uptime={:?}",
         out.boot_to_init,

@@ -3,7 +3,8 @@
 //! ```text
 //! cargo build --release --workspace
 //! cargo run -p tinyvmm-lab --bin lab-run -- --script my-l1.sh [--l2-script my-l2.sh] \
-//!     [--file /lab/vm.json=./vm.json] [--mode fast|deterministic] [--timeout 120] [--repeat 3]
+//!     [--file /lab/vm.json=./vm.json] [--host-binary /usr/sbin/nft] \
+//!     [--mode fast|deterministic] [--timeout 120] [--repeat 3]
 //! ```
 //! Streams L1's console, then prints the reported key=value pairs and the timings. Exits with
 //! the scenario's status (or 1 if the lab itself failed).
@@ -33,6 +34,9 @@ struct Args {
     /// Extra file for L1 as DEST=HOST_PATH (DEST absolute inside L1).
     #[arg(long = "file")]
     files: Vec<String>,
+    /// Host executable copied into L1 at the same path, with its shared libraries.
+    #[arg(long = "host-binary")]
+    host_binaries: Vec<PathBuf>,
     /// QEMU mode.
     #[arg(long, value_enum, default_value = "fast")]
     mode: ModeArg,
@@ -74,6 +78,9 @@ fn scenario(args: &Args) -> Result<Scenario, RunError> {
     }
     if let Some(p) = &args.l2_script {
         s = s.l2_script(&String::from_utf8_lossy(&read(p)?));
+    }
+    for b in &args.host_binaries {
+        s = s.host_binary(b);
     }
     for f in &args.files {
         let (dest, src) = f
