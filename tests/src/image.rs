@@ -151,7 +151,7 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
     Ok(images)
 }
 
-/// Removes image sets of older inputs (~60 MB each); best effort.
+/// Removes image sets of older inputs (~60 MB each) unless recently used; best effort.
 fn prune_other_images(current: &Path) {
     let Some(parent) = current.parent() else {
         return;
@@ -160,10 +160,20 @@ fn prune_other_images(current: &Path) {
         return;
     };
     for e in entries.filter_map(Result::ok) {
-        if e.path() != current && e.path().is_dir() {
+        if e.path() != current && e.path().is_dir() && !recently_used(&e.path()) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Image sets touched in the last hour may belong to another checkout or test binary that is
+/// running right now (e.g. during development with two versions of this crate): keep them.
+fn recently_used(dir: &Path) -> bool {
+    let modified = dir.metadata().and_then(|m| m.modified());
+    modified
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < std::time::Duration::from_secs(3600))
 }
 
 fn build(root: &Path, dir: &Path, images: &BaseImages) -> Result<(), LabError> {

@@ -59,6 +59,7 @@ impl Lab {
     pub fn run(&self, scenario: &Scenario) -> Result<LabOutcome, LabError> {
         scenario.validate()?;
         let _lock = LabLock::acquire(&self.dirs.lab)?;
+        self.touch_images();
         let run_dir = self.dirs.lab.join("run");
         create_dir(&run_dir)?;
         let l2_initrd = self.l2_initrd(scenario, &run_dir)?;
@@ -90,6 +91,13 @@ impl Lab {
         };
         let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
         outcome(scenario, raw, "l2.status")
+    }
+
+    /// Marks the image set as in use (its mtime), so other lab versions do not prune it.
+    fn touch_images(&self) {
+        if let Some(dir) = self.images.vmlinuz.parent() {
+            let _ = File::open(dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
+        }
     }
 
     /// `/lab/l2/initrd.gz`: the cached gzipped L2 archive, plus (if the scenario has an L2
