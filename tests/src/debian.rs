@@ -60,27 +60,46 @@ pub fn resolve_kernel_package(metapackage: &str) -> Result<String, LabError> {
 }
 
 /// The kernel package and its candidate version, remembered in `cache_file` as long as apt's
-/// package lists are unchanged (each `apt-cache` call costs ~0.8 s here).
+/// package lists are unchanged (each `apt-cache` call costs ~0.8 s here). If apt cannot answer
+/// (no lists, e.g. a CI image that deleted them) the last answer is used, with a warning, so a
+/// cached lab keeps working offline.
 pub fn resolve_kernel_cached(metapackage: &str, cache_file: &Path) -> Result<Package, LabError> {
     let stamp = format!("{metapackage} {}", apt_lists_stamp());
-    if let Ok(text) = fs::read_to_string(cache_file) {
-        let mut lines = text.lines();
-        if lines.next() == Some(stamp.as_str()) {
-            if let (Some(name), Some(version)) = (lines.next(), lines.next()) {
-                return Ok(Package {
-                    name: name.to_string(),
-                    version: version.to_string(),
-                });
-            }
+    let cached = fs::read_to_string(cache_file)
+        .ok()
+        .and_then(|t| parse_resolution(&t));
+    if let Some((cached_stamp, pkg)) = &cached {
+        if *cached_stamp == stamp {
+            return Ok(pkg.clone());
         }
     }
-    let pkg = candidate_version(&resolve_kernel_package(metapackage)?)?;
+    let resolved = resolve_kernel_package(metapackage).and_then(|name| candidate_version(&name));
+    let pkg = match (resolved, cached) {
+        (Ok(pkg), _) => pkg,
+        (Err(e), Some((_, pkg))) => {
+            println!(
+                "lab: WARNING: {e}; using the last resolved {} {}",
+                pkg.name, pkg.version
+            );
+            return Ok(pkg);
+        }
+        (Err(e), None) => return Err(e),
+    };
     let text = format!("{stamp}\n{}\n{}\n", pkg.name, pkg.version);
     fs::write(cache_file, text).map_err(|source| LabError::WriteFile {
         path: cache_file.to_path_buf(),
         source,
     })?;
     Ok(pkg)
+}
+
+/// Parses the resolution cache: stamp, package name, version (one per line).
+fn parse_resolution(text: &str) -> Option<(String, Package)> {
+    let mut lines = text.lines();
+    let stamp = lines.next()?.to_string();
+    let name = lines.next()?.to_string();
+    let version = lines.next()?.to_string();
+    Some((stamp, Package { name, version }))
 }
 
 /// A fingerprint of apt's package lists: the newest mtime (ns) and the file count.
@@ -272,6 +291,33 @@ mod tests {
         assert_eq!(
             fetch_unpacked(&pkg, dir.path()).unwrap(),
             cached.join("root")
+        );
+    }
+
+    #[test]
+    fn resolve_kernel_cached_when_apt_cannot_answer_then_last_answer_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("kernel-package.txt");
+        fs::write(&cache, "stale-stamp\nlinux-image-test\n1.0-1\n").unwrap();
+        let pkg = resolve_kernel_cached("no-such-metapackage-lab", &cache).unwrap();
+        assert_eq!(
+            pkg,
+            Package {
+                name: "linux-image-test".into(),
+                version: "1.0-1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn resolve_kernel_cached_when_apt_cannot_answer_and_no_cache_then_hints_apt_get_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_kernel_cached("no-such-metapackage-lab", &dir.path().join("none.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no-such-metapackage-lab") && err.contains("apt-get update"),
+            "{err}"
         );
     }
 
