@@ -260,9 +260,17 @@ fn lab_lifecycle_when_guest_reboots_panics_or_gets_sigterm_then_documented_exit_
 
     // reboot=k resets through the i8042, reboot=a through the FADT reset register.
     expect(&out, "reboot.exit", "3");
-    assert!(out.output.contains("i8042: guest pulsed the reset line"), "{}", out.output);
+    assert!(
+        out.output.contains("i8042: guest pulsed the reset line"),
+        "{}",
+        out.output
+    );
     expect(&out, "acpireboot.exit", "3");
-    assert!(out.output.contains("acpi pm: guest requested reset"), "{}", out.output);
+    assert!(
+        out.output.contains("acpi pm: guest requested reset"),
+        "{}",
+        out.output
+    );
     expect(&out, "panic.exit", "3");
     assert!(out.output.contains("Kernel panic"), "{}", out.output);
     // SIGTERM presses the ACPI power button; the guest sees it and powers off.
