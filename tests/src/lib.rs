@@ -28,6 +28,7 @@ pub mod paths;
 pub mod prereq;
 mod runner;
 mod scenario;
+pub mod transfer;
 
 pub use error::LabError;
 pub use image::{l2_vm_config_json, BaseImages, L1_CMDLINE, L2_CMDLINE};
