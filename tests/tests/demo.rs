@@ -68,7 +68,12 @@ netctl apply --uplink up0 /lab/examples/vm1.json /lab/examples/vm2.json /lab/exa
 grep -qi "no changes" /tmp/apply2.out && lab-report netctl.reapply=noop || { cat /tmp/apply2.out; lab-report netctl.reapply=changed; }
 
 for n in 1 2 3 4; do
-    (timeout 900 tinyvmm --log-level info run /lab/vm$n.json 2>&1; echo "LAB vm$n.exit=$?") | tee /tmp/vm$n.log &
+    # Whole lines only (one write each), so four consoles never interleave mid-line.
+    (timeout 900 tinyvmm --log-level info run /lab/vm$n.json 2>&1; echo "LAB vm$n.exit=$?") |
+        while IFS= read -r line; do
+            printf '%s\n' "$line" >> /tmp/vm$n.log
+            printf '%s\n' "$line"
+        done &
 done
 wait_all() {
     i=0
