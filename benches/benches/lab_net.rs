@@ -55,7 +55,10 @@ fn main() {
         scenario = scenario.file(fw, data);
     }
     let out = lab.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
-    println!("lab network benchmark ({mode:?} mode), {} MiB each way:", transfer::TRANSFER_MIB);
+    println!(
+        "lab network benchmark ({mode:?} mode), {} MiB each way:",
+        transfer::TRANSFER_MIB
+    );
     for (tag, name) in [("tiny", "tinyvmm"), ("qemu", "QEMU microvm")] {
         match transfer::check(&out.kv, tag) {
             Ok(r) => println!(
