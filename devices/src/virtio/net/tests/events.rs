@@ -11,10 +11,24 @@ use crate::bus::BusDevice;
 use crate::virtio::mmio::{regs, status::*};
 use crate::virtio::MmioTransport;
 
-type Em = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+pub(super) type Em = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
 /// Drives the transport through a driver initialisation with both queues at `r`'s layout.
 pub(super) fn driver_init(t: &mut MmioTransport, r: &Rings<'_>, size: u16, features: u64) {
+    let layout = |q: &MockSplitQueue<GuestMemoryMmap>| {
+        (q.desc_table_addr().0, q.avail_addr().0, used_ring(q))
+    };
+    driver_init_at(t, [layout(&r.rx), layout(&r.tx)], size, features);
+}
+
+/// Drives the transport through a driver initialisation with the queues' (descriptor
+/// table, avail ring, used ring) addresses given.
+pub(super) fn driver_init_at(
+    t: &mut MmioTransport,
+    layout: [(u64, u64, u64); 2],
+    size: u16,
+    features: u64,
+) {
     let mut w = |offset: u64, value: u32| t.write(offset, &value.to_le_bytes());
     w(regs::STATUS, ACKNOWLEDGE);
     w(regs::STATUS, ACKNOWLEDGE | DRIVER);
@@ -23,12 +37,12 @@ pub(super) fn driver_init(t: &mut MmioTransport, r: &Rings<'_>, size: u16, featu
         w(regs::DRIVER_FEATURES, (features >> (32 * page)) as u32);
     }
     w(regs::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    for (index, q) in [&r.rx, &r.tx].into_iter().enumerate() {
+    for (index, (desc, avail, used)) in layout.into_iter().enumerate() {
         w(regs::QUEUE_SEL, index as u32);
         w(regs::QUEUE_NUM, u32::from(size));
-        w(regs::QUEUE_DESC_LOW, q.desc_table_addr().0 as u32);
-        w(regs::QUEUE_DRIVER_LOW, q.avail_addr().0 as u32);
-        w(regs::QUEUE_DEVICE_LOW, used_ring(q) as u32);
+        w(regs::QUEUE_DESC_LOW, desc as u32);
+        w(regs::QUEUE_DRIVER_LOW, avail as u32);
+        w(regs::QUEUE_DEVICE_LOW, used as u32);
         w(regs::QUEUE_READY, 1);
     }
     w(regs::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);

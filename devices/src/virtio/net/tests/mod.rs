@@ -5,6 +5,7 @@
 
 mod events;
 mod netns;
+mod race;
 mod rx;
 mod tap_netns;
 mod tx;
