@@ -108,6 +108,8 @@ pub enum LabError {
         scenario: String,
         /// The limit that was hit.
         timeout: Duration,
+        /// From QEMU's start until it was killed and reaped.
+        elapsed: Duration,
         /// The last lines of L1's console.
         tail: String,
         /// L1's whole console output.

@@ -212,7 +212,7 @@ pub(crate) fn run(
             Ok(Event::Closed) => open -= 1,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                return Err(timed_out(name, timeout, guard, readers, output));
+                return Err(timed_out(start, name, timeout, guard, readers, output));
             }
         }
     }
@@ -221,7 +221,7 @@ pub(crate) fn run(
         match guard.child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            _ => return Err(timed_out(name, timeout, guard, readers, output)),
+            _ => return Err(timed_out(start, name, timeout, guard, readers, output)),
         }
     };
     let elapsed = start.elapsed();
@@ -237,6 +237,7 @@ pub(crate) fn run(
 }
 
 fn timed_out(
+    start: Instant,
     name: &str,
     timeout: Duration,
     mut guard: QemuGuard,
@@ -249,6 +250,7 @@ fn timed_out(
     LabError::Timeout {
         scenario: name.to_string(),
         timeout,
+        elapsed: start.elapsed(),
         tail: tail_lines(&output, 30),
         output,
     }

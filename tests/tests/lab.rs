@@ -2,7 +2,7 @@
 //! `cargo build --release --workspace` first and the packages in .ci/lab-packages.txt; if
 //! either is missing they fail with the fix in the message (never skipped).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lab::{Lab, LabError, Mode, Scenario};
 
@@ -103,10 +103,13 @@ fn scenario_when_it_hangs_then_killed_at_timeout_with_clear_message() {
     let scenario = Scenario::new("hangs")
         .script("echo \"about to hang\"\nsleep 100000\n")
         .timeout(timeout);
-    let start = Instant::now();
     let err = lab.run(&scenario).expect_err("must time out");
-    let took = start.elapsed();
-    let LabError::Timeout { ref output, .. } = err else {
+    let LabError::Timeout {
+        ref output,
+        elapsed: took,
+        ..
+    } = err
+    else {
         panic!("expected a timeout, got: {err}");
     };
     assert!(
