@@ -72,7 +72,20 @@ impl Lab {
             memory_mib: L1_MEMORY_MIB,
         };
         let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
-        outcome(scenario, raw, "status")
+        match outcome(scenario, raw, "status") {
+            Err(LabError::NoStatus { output, .. }) if is_l1_kernel_panic(&output) => {
+                // The emulated machine itself (QEMU TCG's SVM under L1's kvm-amd) very rarely
+                // crashes L1's kernel; that says nothing about the scenario, so boot once more
+                // and say so loudly. A second crash is reported as the failure.
+                eprintln!(
+                    "lab: WARNING: L1's kernel panicked in scenario `{}`; retrying once",
+                    scenario.name
+                );
+                let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
+                outcome(scenario, raw, "status")
+            }
+            other => other,
+        }
     }
 
     /// Boots the L2 guest image directly under QEMU (no L1, no tinyvmm) and runs the
@@ -145,6 +158,13 @@ impl Lab {
             Ok(())
         })
     }
+}
+
+/// Whether L1's own kernel (not an L2 guest's) panicked: L1 prints its panic on its console
+/// directly, while an L2 guest's console lines reach it through tinyvmm's stdout, after
+/// which L1 keeps running and reports a status.
+fn is_l1_kernel_panic(output: &str) -> bool {
+    output.contains("Kernel panic - not syncing")
 }
 
 fn outcome(

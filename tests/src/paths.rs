@@ -36,11 +36,17 @@ impl LabDirs {
         Ok(Self::at(target))
     }
 
-    /// Lab directories under an explicit target dir.
+    /// Lab directories under an explicit target dir. `$TINYVMM_LAB_DIR`, if set, moves the
+    /// lab's caches (downloaded packages, images) and lock elsewhere, e.g. to a directory that
+    /// outlives fresh CI checkouts so the kernel package is downloaded once per machine.
     pub fn at(target: PathBuf) -> Self {
+        let lab = match std::env::var_os("TINYVMM_LAB_DIR") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => target.join("lab"),
+        };
         Self {
             release: target.join("release"),
-            lab: target.join("lab"),
+            lab,
             target,
         }
     }
