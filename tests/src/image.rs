@@ -120,6 +120,7 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
             L2_REPORT,
             &L1_MODULE_DIRS.join(","),
             &L1_MODULE_EXCLUDES.join(","),
+            &l2_module_names(),
         ])
     );
     let dir = dirs.lab.join("images").join(key);
@@ -399,6 +400,12 @@ fn copy(from: &Path, to: &Path) -> Result<(), LabError> {
             path: from.to_path_buf(),
             source,
         })
+}
+
+/// The L2 module list as part of the image key: changing it must rebuild the image.
+fn l2_module_names() -> String {
+    let names: Vec<&str> = L2_MODULES.iter().map(|(name, _)| *name).collect();
+    names.join(",")
 }
 
 /// FNV-1a over the parts (with separators): a cache key stable across Rust versions.
