@@ -153,6 +153,16 @@ impl LabOutcome {
         self.kv.get(key).map(String::as_str)
     }
 
+    /// For tests: panics, showing L1's whole console, unless `key` was reported as `want`.
+    pub fn assert_kv(&self, key: &str, want: &str) {
+        assert_eq!(
+            self.get(key),
+            Some(want),
+            "{key}: wanted {want}\n--- L1 console ---\n{}",
+            self.output
+        );
+    }
+
     /// `Ok(self)` if the scenario exited 0, else [`LabError::ScenarioFailed`] with its output.
     pub fn ensure_success(self) -> Result<Self, LabError> {
         if self.status == 0 {

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use lab::{Lab, LabOutcome, Mode, Scenario};
+use lab::{Lab, Mode, Scenario};
 
 const VMS: [u32; 4] = [1, 2, 3, 4];
 
@@ -120,15 +120,6 @@ fn lab_vm_config(example: &str, n: u32) -> String {
     serde_json::to_string_pretty(&v).unwrap()
 }
 
-fn expect(out: &LabOutcome, key: &str, want: &str) {
-    assert_eq!(
-        out.get(key),
-        Some(want),
-        "{key}: wanted {want}\n--- L1 console ---\n{}",
-        out.output
-    );
-}
-
 #[test]
 fn demo_when_four_vms_on_netctl_networks_then_nat_works_and_vms_are_isolated() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -148,22 +139,22 @@ fn demo_when_four_vms_on_netctl_networks_then_nat_works_and_vms_are_isolated() {
     let out = lab.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
     println!("demo: lab run took {:?}", out.elapsed);
 
-    expect(&out, "netctl.apply", "0");
-    expect(&out, "netctl.reapply", "noop");
-    expect(&out, "all.ready", "1");
-    expect(&out, "all.tested", "1");
+    out.assert_kv("netctl.apply", "0");
+    out.assert_kv("netctl.reapply", "noop");
+    out.assert_kv("all.ready", "1");
+    out.assert_kv("all.tested", "1");
     for n in VMS {
-        expect(&out, &format!("vm{n}.exit"), "0");
-        expect(&out, &format!("vm{n}.gateway"), "ok");
+        out.assert_kv(&format!("vm{n}.exit"), "0");
+        out.assert_kv(&format!("vm{n}.gateway"), "ok");
         // NAT: the upstream server sees the host's uplink address, not 10.N.0.2.
-        expect(&out, &format!("vm{n}.upstream_sees"), "100.64.0.1");
+        out.assert_kv(&format!("vm{n}.upstream_sees"), "100.64.0.1");
         for o in VMS.iter().filter(|&&o| o != n) {
             for check in ["icmp_vm", "tcp_vm", "icmp_gw"] {
-                expect(&out, &format!("vm{n}.{check}{o}"), "blocked");
+                out.assert_kv(&format!("vm{n}.{check}{o}"), "blocked");
             }
         }
     }
-    expect(&out, "netctl.down", "0");
-    expect(&out, "trace.nft", "none");
-    expect(&out, "trace.links", "none");
+    out.assert_kv("netctl.down", "0");
+    out.assert_kv("trace.nft", "none");
+    out.assert_kv("trace.links", "none");
 }

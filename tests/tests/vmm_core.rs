@@ -137,15 +137,6 @@ fn run(name: &str, boots: &[Boot], l1_steps: &str, extra: Vec<(String, Vec<u8>)>
     out
 }
 
-fn expect(out: &LabOutcome, key: &str, want: &str) {
-    assert_eq!(
-        out.get(key),
-        Some(want),
-        "{key}: wanted {want}\n--- L1 console ---\n{}",
-        out.output
-    );
-}
-
 fn rng_bytes_look_random(out: &LabOutcome, key: &str) {
     let bytes = out.get(key).unwrap_or("none");
     assert!(
@@ -216,7 +207,7 @@ fn lab_boot_when_bzimage_and_elf_with_1_and_2_vcpus_then_init_runs_and_rng_found
     );
 
     for name in ["smp1", "acpi2", "cmdline", "elf"] {
-        expect(&out, &format!("{name}.exit"), "0");
+        out.assert_kv(&format!("{name}.exit"), "0");
         let bt = out.get(&format!("{name}.boot_timer_us")).unwrap_or("none");
         assert!(
             bt.parse::<u64>().is_ok(),
@@ -224,22 +215,21 @@ fn lab_boot_when_bzimage_and_elf_with_1_and_2_vcpus_then_init_runs_and_rng_found
             out.output
         );
     }
-    expect(&out, "smp1.cpus", "1");
-    expect(&out, "acpi2.cpus", "2");
-    expect(&out, "elf.cpus", "2");
+    out.assert_kv("smp1.cpus", "1");
+    out.assert_kv("acpi2.cpus", "2");
+    out.assert_kv("elf.cpus", "2");
     // ACPI discovery: the DSDT's LNRO0005 device is found and virtio_rng binds to it.
-    expect(&out, "acpi2.rng", "virtio_rng.0");
+    out.assert_kv("acpi2.rng", "virtio_rng.0");
     rng_bytes_look_random(&out, "acpi2.rng_bytes");
-    expect(&out, "smp1.rng", "virtio_rng.0");
-    expect(&out, "elf.rng", "virtio_rng.0");
+    out.assert_kv("smp1.rng", "virtio_rng.0");
+    out.assert_kv("elf.rng", "virtio_rng.0");
     // Command-line discovery: the parameter reaches the kernel. Debian's kernel lacks
     // CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so it finds no device that way.
-    expect(
-        &out,
+    out.assert_kv(
         "cmdline.cmdline_virtio",
         "virtio_mmio.device=4K@0xd0002000:10",
     );
-    expect(&out, "acpi2.cmdline_virtio", "none");
+    out.assert_kv("acpi2.cmdline_virtio", "none");
 }
 
 #[test]
@@ -259,25 +249,25 @@ fn lab_lifecycle_when_guest_reboots_panics_or_gets_sigterm_then_documented_exit_
     );
 
     // reboot=k resets through the i8042, reboot=a through the FADT reset register.
-    expect(&out, "reboot.exit", "3");
+    out.assert_kv("reboot.exit", "3");
     assert!(
         out.output.contains("i8042: guest pulsed the reset line"),
         "{}",
         out.output
     );
-    expect(&out, "acpireboot.exit", "3");
+    out.assert_kv("acpireboot.exit", "3");
     assert!(
         out.output.contains("acpi pm: guest requested reset"),
         "{}",
         out.output
     );
-    expect(&out, "panic.exit", "3");
+    out.assert_kv("panic.exit", "3");
     assert!(out.output.contains("Kernel panic"), "{}", out.output);
     // SIGTERM presses the ACPI power button; the guest sees it and powers off.
-    expect(&out, "button.button", "pressed");
-    expect(&out, "button.exit", "0");
+    out.assert_kv("button.button", "pressed");
+    out.assert_kv("button.exit", "0");
     // A guest that ignores the button is stopped when the 3 s grace period ends.
-    expect(&out, "ignore.exit", "5");
+    out.assert_kv("ignore.exit", "5");
     let waited: f64 = out
         .get("ignore.signal_to_exit_s")
         .and_then(|v| v.parse().ok())
