@@ -19,6 +19,8 @@ pub const GUESTS: &[&str] = &[
     "boot_timer",
     "spin",
     "pvh_poweroff",
+    "serial_hello",
+    "serial_echo",
 ];
 
 /// Errors assembling a guest.

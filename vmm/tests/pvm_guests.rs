@@ -268,3 +268,62 @@ fn run_when_config_has_shares_then_refused_before_creating_anything() {
         "{err}"
     );
 }
+
+#[test]
+fn run_when_serial_is_stdout_file_or_none_then_guest_output_goes_there() {
+    let f = Fixture::new();
+    let kernel = f.guest("serial_hello");
+
+    let cfg = f.config("ser-out", &kernel, "");
+    let json = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(r#""serial":"none""#, r#""serial":"stdout""#);
+    std::fs::write(&cfg, json).unwrap();
+    let out = f.run(&cfg);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the guest\n"
+    );
+
+    let log = f.dir.path().join("console.log");
+    let cfg = f.config("ser-file", &kernel, "");
+    let json = std::fs::read_to_string(&cfg).unwrap().replace(
+        r#""serial":"none""#,
+        &format!(r#""serial":{{"file":"{}"}}"#, log.display()),
+    );
+    std::fs::write(&cfg, json).unwrap();
+    let out = f.run(&cfg);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "hello from the guest\n"
+    );
+
+    let cfg = f.config("ser-none", &kernel, "");
+    let out = f.run(&cfg);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn run_when_stdin_is_a_pipe_then_input_reaches_the_guest_serial() {
+    use std::io::Write;
+    let f = Fixture::new();
+    let cfg = f.config("echo", &f.guest("serial_echo"), "");
+    let json = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(r#""serial":"none""#, r#""serial":"stdout""#);
+    std::fs::write(&cfg, json).unwrap();
+    let mut child = f.command(&cfg).stdin(Stdio::piped()).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed by the host\nq")
+        .unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "typed by the host\n");
+}
