@@ -36,6 +36,16 @@ i=0
 until wget -q -O /dev/null http://10.1.0.1:8080/$tag/done 2>/dev/null || [ $i -ge 600 ]; do
     sleep 0.5; i=$((i + 1))
 done
+# With lab.reload=1: unload and reload the driver (the device is reset and activated again),
+# then check the network still works.
+if grep -q "lab.reload=1" /proc/cmdline; then
+    ip link set eth0 down
+    rmmod virtio_net && insmod /lib/modules/virtio_net.ko && r reload=ok || r reload=failed
+    i=0; until ip link show eth0 >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.1; i=$((i + 1)); done
+    ip link set eth0 up
+    ip addr add 10.1.0.2/24 dev eth0
+    ping -c 3 -W 5 10.1.0.1 >/dev/null && r reload_ping=ok || r reload_ping=failed
+fi
 poweroff -f
 "#;
 
