@@ -32,6 +32,9 @@ pub const SERIAL_GSI: u32 = 4;
 pub const I8042_GSI: u32 = 1;
 /// ACPI PM sleep control/status and reset register (one byte).
 pub const ACPI_PM_PORT: u16 = 0x3c0;
+/// The pvpanic port (QEMU's ISA pvpanic, ACPI `QEMU0001`): the guest writes 1 when its kernel
+/// panics.
+pub const PVPANIC_PORT: u16 = 0x505;
 
 /// In-kernel IOAPIC.
 pub const IOAPIC_ADDR: u64 = 0xFEC0_0000;

@@ -21,6 +21,7 @@ pub const GUESTS: &[&str] = &[
     "pvh_poweroff",
     "serial_hello",
     "serial_echo",
+    "pvpanic",
 ];
 
 /// Errors assembling a guest.

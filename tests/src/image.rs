@@ -73,6 +73,8 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     // The ACPI power button (PNP0C0C) and evdev, so a guest can see a power-button press.
     ("button", false),
     ("evdev", false),
+    // Reports a kernel panic to the VMM through the pvpanic port (ACPI QEMU0001).
+    ("pvpanic-mmio", false),
 ];
 
 /// Kernel command line of L1. `cryptomgr.notests` skips the crypto self-tests, which take

@@ -261,8 +261,14 @@ fn lab_lifecycle_when_guest_reboots_panics_or_gets_sigterm_then_documented_exit_
         "{}",
         out.output
     );
-    out.assert_kv("panic.exit", "3");
+    // The guest's pvpanic driver reports the panic before panic=1 reboots it: a crash.
+    out.assert_kv("panic.exit", "4");
     assert!(out.output.contains("Kernel panic"), "{}", out.output);
+    assert!(
+        out.output.contains("pvpanic: the guest kernel panicked"),
+        "{}",
+        out.output
+    );
     // SIGTERM presses the ACPI power button; the guest sees it and powers off.
     out.assert_kv("button.button", "pressed");
     out.assert_kv("button.exit", "0");

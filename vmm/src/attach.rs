@@ -10,7 +10,9 @@ use devices::bus::{Bus, BusError, SharedBusDevice};
 use devices::exit::ExitRequest;
 use devices::interrupt::Interrupt;
 use devices::legacy::serial::{is_pollable_input, Serial, SerialInput};
-use devices::legacy::{acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042};
+use devices::legacy::{
+    acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042, pvpanic::PvPanic,
+};
 use devices::virtio::net::{Net, NetCounters, NetError, Tap, TapError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use event_manager::SubscriberOps;
@@ -212,6 +214,18 @@ pub fn attach_acpi_pm(platform: &mut Platform) -> Result<(), AttachError> {
         "ACPI PM register",
         dev,
         u64::from(layout::ACPI_PM_PORT),
+        1,
+    )
+}
+
+/// The pvpanic port, so a guest kernel panic ends the run as a crash.
+pub fn attach_pvpanic(platform: &mut Platform) -> Result<(), AttachError> {
+    let dev = Arc::new(Mutex::new(PvPanic::new(platform.exit.clone())));
+    insert(
+        &mut platform.pio,
+        "pvpanic",
+        dev,
+        u64::from(layout::PVPANIC_PORT),
         1,
     )
 }

@@ -106,6 +106,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     attach::attach_serial(&vm, &mut platform, &mut subscribers, cfg)?;
     attach::attach_i8042(&mut platform)?;
     attach::attach_acpi_pm(&mut platform)?;
+    attach::attach_pvpanic(&mut platform)?;
     attach::attach_ged(&vm, &mut platform)?;
     if cfg.boot_timer {
         attach::attach_boot_timer(&mut platform, timing)?;

@@ -12,9 +12,11 @@ pub enum RunExit {
     Error = 1,
     /// The config or command line was invalid; nothing was created.
     InvalidConfig = 2,
-    /// The guest asked for a reboot or reset (also a kernel panic with `panic=N`).
+    /// The guest asked for a reboot or reset (also a kernel panic with `panic=N` in a guest
+    /// without a pvpanic driver).
     Reboot = 3,
-    /// The guest crashed: a vCPU hit an internal error or failed entry.
+    /// The guest crashed: its kernel reported a panic through pvpanic, or a vCPU hit an
+    /// internal error or failed entry.
     Crash = 4,
     /// A shutdown request was not honoured within the grace period; the VM was stopped hard.
     HardStop = 5,

@@ -24,7 +24,8 @@ enum Command {
     /// Boot the VM described by CONFIG and run it until it powers off.
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 invalid config, 3 guest reboot or reset
-    /// (also a kernel panic with panic=N), 4 guest crash, 5 stopped hard after the shutdown
+    /// (also a kernel panic with panic=N when the guest has no pvpanic driver), 4 guest crash
+    /// (kernel panic reported through pvpanic, KVM internal error), 5 stopped hard after the shutdown
     /// grace period. SIGTERM or SIGINT press the ACPI power button; a second signal, or the end of
     /// `shutdown_grace_secs`, stops the VM at once.
     Run {

@@ -327,3 +327,12 @@ fn run_when_stdin_is_a_pipe_then_input_reaches_the_guest_serial() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "typed by the host\n");
 }
+
+#[test]
+fn run_when_guest_reports_panic_through_pvpanic_then_exit_4() {
+    let f = Fixture::new();
+    let cfg = f.config("pvp", &f.guest("pvpanic"), "");
+    let out = f.run(&cfg);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("panicked"), "{}", stderr(&out));
+}

@@ -9,6 +9,7 @@
 //!                   Method (_EVT, 1) { if (GDAT & 1) Notify (\_SB_.PWRB, 0x80) } }
 //!   Device (COM1) { _HID PNP0501, IO 0x3f8/8, IRQ 4 }          // only with a serial port
 //!   Device (KBD_) { _HID PNP0303, IO 0x60, IO 0x64, IRQ 1 }
+//!   Device (PEVT) { _HID QEMU0001, IO 0x505/1 }                // pvpanic
 //!   Device (VRxx) { _HID LNRO0005, _UID xx, _CCA 1, _CRS { Memory32Fixed, Interrupt } }
 //! }
 //! ```
@@ -23,7 +24,7 @@ use acpi_tables::Aml;
 
 use super::{to_bytes, AcpiConfig, VirtioMmioDesc, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 
-use crate::layout::{GED_ADDR, GED_GSI, I8042_GSI, SERIAL_GSI};
+use crate::layout::{GED_ADDR, GED_GSI, I8042_GSI, PVPANIC_PORT, SERIAL_GSI};
 
 /// DSDT revision 2: AML integers are 64 bits wide.
 const DSDT_REVISION: u8 = 2;
@@ -50,6 +51,7 @@ pub(super) fn create_dsdt(cfg: &AcpiConfig) -> Vec<u8> {
         devices.extend(com1());
     }
     devices.extend(i8042());
+    devices.extend(pvpanic());
     for (index, desc) in cfg.virtio_mmio.iter().enumerate() {
         devices.extend(virtio_mmio(index, desc));
     }
@@ -134,6 +136,15 @@ fn i8042() -> Vec<u8> {
         &ResourceTemplate::new(vec![&data, &cmd, &irq]),
     );
     to_bytes(&Device::new(Path::new("KBD_"), vec![&hid, &uid, &crs]))
+}
+
+/// The pvpanic device, so Linux's pvpanic driver tells the VMM about a kernel panic.
+fn pvpanic() -> Vec<u8> {
+    let hid = Name::new(Path::new("_HID"), &"QEMU0001");
+    let uid = Name::new(Path::new("_UID"), &aml::ZERO);
+    let io = IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&io]));
+    to_bytes(&Device::new(Path::new("PEVT"), vec![&hid, &uid, &crs]))
 }
 
 /// `\_SB.VRxx`; `create_acpi_tables` has checked that the window is below 4 GiB and that

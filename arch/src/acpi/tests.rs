@@ -503,3 +503,15 @@ fn ged_evt_when_no_event_pending_then_no_notify() {
 
 /// Bit 0 of the GED event byte (`devices::legacy::ged::EVENT_POWER_BUTTON`).
 const EVENT_POWER_BUTTON_BIT: u8 = 1;
+
+#[test]
+fn dsdt_when_built_then_pvpanic_device_on_its_port() {
+    let devices = virtio_devices(1);
+    let dsdt = build_and_parse(&default_cfg(&devices)).dsdt.bytes;
+    assert!(contains(&dsdt, b"QEMU0001\0"));
+    assert!(contains(&dsdt, b"PEVT"));
+    // IO (Decode16, 0x505, 0x505, 1, 1)
+    let port = layout::PVPANIC_PORT.to_le_bytes();
+    let io = [0x47, 0x01, port[0], port[1], port[0], port[1], 0x01, 0x01];
+    assert!(contains(&dsdt, &io), "pvpanic IO descriptor");
+}
