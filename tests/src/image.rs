@@ -74,6 +74,7 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     ("button", false),
     ("evdev", false),
     // Reports a kernel panic to the VMM through the pvpanic port (ACPI QEMU0001).
+    ("pvpanic", false),
     ("pvpanic-mmio", false),
 ];
 
