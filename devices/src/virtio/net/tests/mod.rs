@@ -70,7 +70,21 @@ impl NetBackend for PairBackend {
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
-        self.sock.send(frame)
+        // A TAP never pushes back on writes (it drops internally when its backlog is full),
+        // while this socket does once the test has not read for a while: wait for the
+        // test's reader instead of turning that into drops.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.sock.send(frame) {
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::yield_now()
+                }
+                other => return other,
+            }
+        }
     }
 
     fn set_offload(&mut self, tun_flags: u32) -> Result<(), TapError> {
