@@ -27,7 +27,8 @@ pub struct TxOutcome {
     pub used: u32,
     /// Whether the guest was interrupted.
     pub notified: bool,
-    /// Whether the budget ran out with chains left (the device re-signalled itself).
+    /// Whether chains were left in the ring (budget spent, or the shared loop stopped on a
+    /// re-check race); the device re-signalled itself to continue.
     pub more: bool,
 }
 
@@ -94,7 +95,12 @@ impl<B: NetBackend> Net<B> {
         if drained.notify {
             active.signal_used();
         }
-        if drained.stopped {
+        // The shared loop also stops when a re-check finds entries it did not pop in that
+        // round; that happens for a valid ring too, when the guest publishes between the
+        // last pop and the re-check (and, seeing notifications off, does not kick). Only an
+        // index that is really out of range may wait for the guest's next kick.
+        let spurious_stall = drained.stalled && !avail_index_invalid(&active.tx_queue, mem);
+        if drained.stopped || spurious_stall {
             // The rest waits in the ring; come back after the other event sources had a turn.
             if let Err(e) = active.tx_kick.write(1) {
                 log::error!("virtio-net: cannot reschedule the transmit queue: {e}");
@@ -103,7 +109,7 @@ impl<B: NetBackend> Net<B> {
         TxOutcome {
             used: drained.used,
             notified: drained.notify,
-            more: drained.stopped,
+            more: drained.stopped || spurious_stall,
         }
     }
 }
