@@ -51,7 +51,6 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
-pub use chain::BadChain;
 pub use counters::{NetCounters, NetStats};
 pub use device::{
     format_mac, tun_offload_flags, Net, NetBackend, NetError, AVAIL_FEATURES, MAX_FRAME_LEN,

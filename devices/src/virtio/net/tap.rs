@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -278,17 +278,12 @@ impl Tap {
     /// Reads one frame (virtio-net header + Ethernet frame) into `buf`. `WouldBlock` when
     /// none is waiting; a frame longer than `buf` is truncated.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
-        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        // A negative count is the only failure; the cast is lossless otherwise.
-        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        (&self.file).read(buf)
     }
 
     /// Writes one frame (virtio-net header + Ethernet frame).
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
-        // SAFETY: `frame` is valid for reads of `frame.len()` bytes for the whole call.
-        let n = unsafe { libc::write(self.file.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        (&self.file).write(frame)
     }
 }
 
