@@ -168,7 +168,8 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Attaches to the existing TAP `name` in the calling thread's network namespace.
+    /// Attaches to the existing, persistent TAP `name` (as netctl, `ip tuntap add` or
+    /// systemd-networkd make them) in the calling thread's network namespace.
     pub fn open(name: &str) -> Result<Self, TapError> {
         validate_name(name)?;
         if !interface_exists(name)? {
