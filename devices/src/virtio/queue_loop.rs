@@ -1,6 +1,9 @@
 //! The queue loop every device runs: disable notifications, drain the available ring,
 //! re-enable notifications, and go again if re-enabling says more arrived meanwhile.
 
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -74,9 +77,11 @@ where
         match queue.enable_notification(mem) {
             // More arrived while notifications were off: go again.
             Ok(true) if popped => continue,
-            // The ring claims entries but none can be popped: the guest published an
-            // available index more than a queue size ahead. Going again would spin forever;
-            // stop until the next notification.
+            // Nothing was popped this round, yet the ring now claims entries: either the guest
+            // published while notifications were off (go again, or that kick is lost), or its
+            // available index is more than a queue size ahead, which pop never accepts; going
+            // again would then spin forever, so stop until the next notification.
+            Ok(true) if avail_index_in_range(queue, mem) => continue,
             Ok(true) => {
                 log::warn!("{name}: invalid available ring index; queue stalled");
                 out.stalled = true;
@@ -94,6 +99,14 @@ where
         out.notify = queue.needs_notification(mem).unwrap_or(true);
     }
     out
+}
+
+/// Whether the guest's available index is at most a queue size ahead of the device's.
+fn avail_index_in_range(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+    match queue.avail_idx(mem, Ordering::Acquire) {
+        Ok(idx) => (idx - Wrapping(queue.next_avail())).0 <= queue.size(),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
