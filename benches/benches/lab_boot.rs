@@ -94,7 +94,8 @@ fn main() {
         .script(&script)
         .file("/lab/boot.json", tinyvmm_config())
         .host_binary("/usr/bin/qemu-system-x86_64")
-        .timeout(Duration::from_secs(2400));
+        .timeout(Duration::from_secs(1200))
+        .emulation_retries(1);
     for fw in QEMU_FIRMWARE {
         let data = std::fs::read(Path::new(fw)).unwrap_or_else(|e| panic!("{fw}: {e}"));
         scenario = scenario.file(fw, data);

@@ -49,7 +49,8 @@ fn main() {
         .script(&script)
         .file("/lab/tiny.json", transfer::tinyvmm_config("tiny", "vm-t"))
         .host_binary("/usr/bin/qemu-system-x86_64")
-        .timeout(Duration::from_secs(1800));
+        .timeout(Duration::from_secs(900))
+        .emulation_retries(1);
     for fw in QEMU_FIRMWARE {
         let data = std::fs::read(Path::new(fw)).unwrap_or_else(|e| panic!("{fw}: {e}"));
         scenario = scenario.file(fw, data);

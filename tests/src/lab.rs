@@ -71,20 +71,25 @@ impl Lab {
             append: L1_CMDLINE,
             memory_mib: L1_MEMORY_MIB,
         };
-        let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
-        match outcome(scenario, raw, "status") {
-            Err(LabError::NoStatus { output, .. }) if is_l1_kernel_panic(&output) => {
-                // The emulated machine itself (QEMU TCG's SVM under L1's kvm-amd) very rarely
-                // crashes L1's kernel; that says nothing about the scenario, so boot once more
-                // and say so loudly. A second crash is reported as the failure.
-                eprintln!(
-                    "lab: WARNING: L1's kernel panicked in scenario `{}`; retrying once",
-                    scenario.name
-                );
-                let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
-                outcome(scenario, raw, "status")
+        let mut attempt = 0;
+        loop {
+            let result = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)
+                .and_then(|raw| outcome(scenario, raw, "status"));
+            let emulation_failed = match &result {
+                Err(LabError::Timeout { .. }) => true,
+                Err(LabError::NoStatus { output, .. }) => is_l1_kernel_panic(output),
+                _ => false,
+            };
+            if !emulation_failed || attempt >= scenario.emulation_retries {
+                return result;
             }
-            other => other,
+            attempt += 1;
+            eprintln!(
+                "lab: WARNING: scenario `{}`: the emulated machine failed ({}); retry {attempt} of {}",
+                scenario.name,
+                result.as_ref().err().map(ToString::to_string).unwrap_or_default().lines().next().unwrap_or(""),
+                scenario.emulation_retries
+            );
         }
     }
 

@@ -36,6 +36,7 @@ pub struct Scenario {
     pub(crate) files: Vec<ScenarioFile>,
     pub(crate) host_binaries: Vec<PathBuf>,
     pub(crate) timeout: Duration,
+    pub(crate) emulation_retries: u32,
 }
 
 impl Scenario {
@@ -48,7 +49,18 @@ impl Scenario {
             files: Vec::new(),
             host_binaries: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
+            emulation_retries: 0,
         }
+    }
+
+    /// Boots L1 again, up to `n` more times, when the emulated machine itself failed: the run
+    /// hit its hard timeout, or L1's own kernel panicked. Nested SVM under multi-threaded TCG
+    /// very rarely wedges or crashes L1 (seen about once in a hundred boots); each retry is
+    /// announced on stderr. A scenario that ends with a status, whatever it is, is never
+    /// retried, and a real hang still fails: every attempt times out.
+    pub fn emulation_retries(mut self, n: u32) -> Self {
+        self.emulation_retries = n;
+        self
     }
 
     /// The busybox `sh` script run in L1 as /lab/scenario.sh; its exit status becomes

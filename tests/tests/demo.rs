@@ -129,7 +129,8 @@ fn demo_when_four_vms_on_netctl_networks_then_nat_works_and_vms_are_isolated() {
         .script(L1_SCRIPT)
         .host_binary("/usr/sbin/nft")
         .host_binary("/usr/sbin/ip")
-        .timeout(Duration::from_secs(1500));
+        .timeout(Duration::from_secs(600))
+        .emulation_retries(1);
     for n in VMS {
         let example = std::fs::read_to_string(examples.join(format!("vm{n}.json"))).unwrap();
         scenario = scenario

@@ -23,7 +23,8 @@ fn lab_net_when_guest_on_tap_then_ping_both_ways_and_100mib_each_way_intact() {
             transfer::tinyvmm_config("net1", "vm-vm1")
                 .replace("lab.run=net1", "lab.run=net1 lab.reload=1"),
         )
-        .timeout(Duration::from_secs(900));
+        .timeout(Duration::from_secs(420))
+        .emulation_retries(1);
     let out = lab.run(&scenario).unwrap_or_else(|e| panic!("{e}"));
 
     assert_eq!(

@@ -122,7 +122,8 @@ fn run(name: &str, boots: &[Boot], l1_steps: &str, extra: Vec<(String, Vec<u8>)>
     let mut scenario = Scenario::new(name)
         .l2_script(L2_SCRIPT)
         .script(&format!("{L1_HELPERS}\n{l1_steps}"))
-        .timeout(Duration::from_secs(900));
+        .timeout(Duration::from_secs(420))
+        .emulation_retries(1);
     for b in boots {
         scenario = scenario.file(&format!("/lab/{}.json", b.name), b.config());
     }
