@@ -44,6 +44,7 @@ where
     F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Served,
 {
     let mut out = Drained::default();
+    let mut empty_rounds = 0;
     'outer: loop {
         if let Err(e) = queue.disable_notification(mem) {
             log::error!("{name}: cannot disable queue notifications: {e}");
@@ -51,6 +52,7 @@ where
         let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             popped = true;
+            empty_rounds = 0;
             let head = chain.head_index();
             if head >= queue.size() {
                 log::warn!("{name}: available ring names descriptor {head}; skipped");
@@ -77,11 +79,15 @@ where
         match queue.enable_notification(mem) {
             // More arrived while notifications were off: go again.
             Ok(true) if popped => continue,
-            // Nothing was popped this round, yet the ring now claims entries: either the guest
-            // published while notifications were off (go again, or that kick is lost), or its
-            // available index is more than a queue size ahead, which pop never accepts; going
-            // again would then spin forever, so stop until the next notification.
-            Ok(true) if avail_index_in_range(queue, mem) => continue,
+            // Nothing was popped this round, yet the ring now claims entries. If the guest
+            // published while notifications were off, one more round pops them (stopping here
+            // would lose that kick). If a round still pops nothing — an index more than a
+            // queue size ahead, or a ring that cannot be read — going again would spin
+            // forever: stop until the next notification.
+            Ok(true) if empty_rounds == 0 && avail_index_in_range(queue, mem) => {
+                empty_rounds += 1;
+                continue;
+            }
             Ok(true) => {
                 log::warn!("{name}: invalid available ring index; queue stalled");
                 out.stalled = true;
@@ -149,6 +155,27 @@ mod tests {
         );
         assert!(!second.stopped);
         assert_eq!(mock.used().idx().load(), 3);
+    }
+
+    #[test]
+    fn serve_when_ring_claims_entries_that_cannot_be_popped_then_returns_instead_of_spinning() {
+        // A queue that is not ready pops nothing, yet its available index (in range) says
+        // there is work: the loop must stop, not go round forever.
+        let (mem, descs) = setup(2);
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        queue.set_ready(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let drained = serve_available("test", &mut queue, &mem, |_| Served::Used(1));
+            let _ = tx.send(drained);
+        });
+        let drained = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("serve_available spins on a ring it cannot pop");
+        assert_eq!(drained.used, 0);
+        assert!(drained.stalled);
     }
 
     #[test]
