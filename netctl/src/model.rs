@@ -333,21 +333,25 @@ pub fn validate(nets: &[VmNet], host: &Host) -> Result<()> {
     }
 }
 
+/// VM `i` of the seed layout (`vm-vmI` on `br-vmI`, 10.I.0.2/24), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_net(i: u8) -> VmNet {
+    VmNet {
+        vm: format!("vm{i}"),
+        source: format!("vm{i}.json"),
+        tap: format!("vm-vm{i}"),
+        bridge: format!("br-vm{i}"),
+        mac: Mac([2, 0, 0, 0, 0, i]),
+        address: format!("10.{i}.0.2/24").parse().unwrap(),
+        gateway: Ipv4Addr::new(10, i, 0, 1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn net(i: u8) -> VmNet {
-        VmNet {
-            vm: format!("vm{i}"),
-            source: format!("vm{i}.json"),
-            tap: format!("vm-vm{i}"),
-            bridge: format!("br-vm{i}"),
-            mac: Mac([2, 0, 0, 0, 0, i]),
-            address: format!("10.{i}.0.2/24").parse().unwrap(),
-            gateway: Ipv4Addr::new(10, i, 0, 1),
-        }
-    }
+    use super::test_net as net;
 
     fn host() -> Host {
         Host {

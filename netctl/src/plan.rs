@@ -299,21 +299,10 @@ pub fn plan_apply(files: &[VmNet], host: Host, obs: &Observed<'_>) -> Result<Pla
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Egress, Mac};
+    use crate::model::Egress;
     use crate::netlink::{Link, TunInfo};
-    use std::net::Ipv4Addr;
 
-    fn net(i: u8) -> VmNet {
-        VmNet {
-            vm: format!("vm{i}"),
-            source: format!("vm{i}.json"),
-            tap: format!("vm-vm{i}"),
-            bridge: format!("br-vm{i}"),
-            mac: Mac([2, 0, 0, 0, 0, i]),
-            address: format!("10.{i}.0.2/24").parse().unwrap(),
-            gateway: Ipv4Addr::new(10, i, 0, 1),
-        }
-    }
+    use crate::model::test_net as net;
 
     fn host() -> Host {
         Host {
