@@ -26,6 +26,7 @@ pub mod image;
 mod lab;
 pub mod paths;
 pub mod prereq;
+pub mod rootfs;
 mod runner;
 mod scenario;
 pub mod transfer;
