@@ -70,6 +70,7 @@ impl Lab {
             initrd: &initrd,
             append: L1_CMDLINE,
             memory_mib: L1_MEMORY_MIB,
+            drives: &scenario.drives,
         };
         let mut attempt = 0;
         loop {
@@ -106,6 +107,7 @@ impl Lab {
             initrd: &l2_initrd,
             append: L1_CMDLINE,
             memory_mib: L2_DIRECT_MEMORY_MIB,
+            drives: &[],
         };
         let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
         outcome(scenario, raw, "l2.status")

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
@@ -56,6 +56,9 @@ pub(crate) struct Machine<'a> {
     pub initrd: &'a Path,
     pub append: &'a str,
     pub memory_mib: u32,
+    /// Raw disk images attached as virtio-blk drives (L1 sees /dev/vda, /dev/vdb, ...), in
+    /// `snapshot` mode: guest writes go to a temporary overlay, the cached image stays pristine.
+    pub drives: &'a [PathBuf],
 }
 
 /// A finished QEMU run (it exited by itself before the deadline).
@@ -142,7 +145,16 @@ pub(crate) fn command(name: &str, mode: Mode, machine: &Machine<'_>) -> Command 
         .arg("-initrd")
         .arg(machine.initrd)
         .args(["-append", machine.append]);
+    for drive in machine.drives {
+        cmd.arg("-drive").arg(drive_arg(drive));
+    }
     cmd
+}
+
+/// The `-drive` value for one raw image (commas in the path doubled, as QEMU requires).
+fn drive_arg(path: &Path) -> String {
+    let file = path.to_string_lossy().replace(',', ",,");
+    format!("file={file},format=raw,if=virtio,snapshot=on")
 }
 
 /// Boots `machine`, streaming its console as `[lab NAME +T] line`; kills it at `timeout`.
@@ -327,6 +339,12 @@ mod tests {
             "{args}"
         );
         assert!(!args.contains("thread=multi"), "{args}");
+    }
+
+    #[test]
+    fn drive_arg_when_path_has_comma_then_doubled_and_snapshot() {
+        let arg = drive_arg(Path::new("/lab/a,b.ext4"));
+        assert_eq!(arg, "file=/lab/a,,b.ext4,format=raw,if=virtio,snapshot=on");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct Scenario {
     pub(crate) l2_script: Option<String>,
     pub(crate) files: Vec<ScenarioFile>,
     pub(crate) host_binaries: Vec<PathBuf>,
+    pub(crate) drives: Vec<PathBuf>,
     pub(crate) timeout: Duration,
     pub(crate) emulation_retries: u32,
 }
@@ -48,6 +49,7 @@ impl Scenario {
             l2_script: None,
             files: Vec::new(),
             host_binaries: Vec::new(),
+            drives: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             emulation_retries: 0,
         }
@@ -100,6 +102,13 @@ impl Scenario {
     /// shared libraries `ldd` lists for it.
     pub fn host_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.host_binaries.push(path.into());
+        self
+    }
+
+    /// A raw disk image attached to L1 as the next virtio-blk drive (/dev/vda first), e.g. the
+    /// ext4 image of [`crate::rootfs::DebianRoot`]. Writes are discarded after the run.
+    pub fn drive(mut self, image: impl Into<PathBuf>) -> Self {
+        self.drives.push(image.into());
         self
     }
 
