@@ -7,6 +7,7 @@
 //! - `daemon`: the vhost-user-fs backend (vhost-user-backend crate) that serves a
 //!   [`Server`] to a VMM over a unix socket; also `tinyvmm virtiofsd`.
 
+pub mod daemon;
 mod server;
 
 pub use server::{CachePolicy, Server, ServerError, ShareOptions};

@@ -51,6 +51,7 @@
 //! # }
 //! ```
 
+pub mod fs;
 mod glue;
 mod interrupt;
 pub mod mmio;
