@@ -175,13 +175,21 @@ pub struct NetConfig {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// One virtio-fs share of a host directory.
+/// One virtio-fs share: a host directory served by tinyvmm's own server (`source`), or an
+/// external vhost-user-fs backend such as upstream virtiofsd (`socket`). Exactly one of the
+/// two is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShareConfig {
     /// Mount tag seen by the guest (<= 36 bytes, the virtio-fs config space limit).
     pub tag: String,
-    pub source: PathBuf,
+    /// The host directory tinyvmm's embedded server shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// The unix socket of an external vhost-user-fs backend (it decides what is shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Serve `source` read-only (source shares only).
     #[serde(default)]
     pub read_only: bool,
 }

@@ -260,20 +260,47 @@ impl Validator {
                 self.push(at("tag"), "must not contain NUL");
             }
             self.report(at("tag"), tags.check(share.tag.as_str(), i));
-            self.directory(&at("source"), &share.source);
+            match (&share.source, &share.socket) {
+                (Some(_), Some(_)) => self.push(
+                    at("socket"),
+                    "give either source (served by tinyvmm) or socket (an external \
+                     vhost-user-fs backend), not both",
+                ),
+                (None, None) => self.push(
+                    at("source"),
+                    "missing: give source (a host directory) or socket (an external \
+                     vhost-user-fs backend)",
+                ),
+                (Some(source), None) => self.directory(&at("source"), source),
+                (None, Some(socket)) => {
+                    self.socket_path(&at("socket"), socket);
+                    if share.read_only {
+                        self.push(
+                            at("read_only"),
+                            "applies to source shares only; an external backend decides \
+                             (e.g. virtiofsd --readonly)",
+                        );
+                    }
+                }
+            }
         }
     }
 
     fn control_socket(&mut self, socket: Option<&Path>) {
         let Some(socket) = socket else { return };
+        self.socket_path("control_socket", socket);
+    }
+
+    /// A unix socket path: short enough for `sun_path`, in an existing directory.
+    fn socket_path(&mut self, at: &str, socket: &Path) {
         let len = socket.as_os_str().len();
         if len > MAX_SOCKET_PATH_LEN {
             self.push(
-                "control_socket",
+                at,
                 format!("is {len} bytes, a unix socket path holds at most {MAX_SOCKET_PATH_LEN}"),
             );
         }
-        self.parent_dir("control_socket", socket);
+        self.parent_dir(at, socket);
     }
 
     fn device_count(&mut self, cfg: &VmConfig) {
