@@ -165,7 +165,13 @@ pub fn serve(mut shares: Vec<DaemonShare>, sandbox: SandboxMode) -> Result<(), D
         let tag = share.tag.clone();
         let handle = std::thread::Builder::new()
             .name(format!("fs-{tag}"))
-            .spawn(move || serve_share(share))
+            .spawn(move || {
+                let result = serve_share(share);
+                if let Err(e) = &result {
+                    log::error!("virtiofsd: {}", error_chain(e));
+                }
+                result
+            })
             .map_err(|source| DaemonError::SpawnThread {
                 tag: tag.clone(),
                 source,
@@ -178,7 +184,6 @@ pub fn serve(mut shares: Vec<DaemonShare>, sandbox: SandboxMode) -> Result<(), D
             .join()
             .unwrap_or(Err(DaemonError::ThreadPanicked { tag }));
         if let Err(e) = result {
-            log::error!("virtiofsd: {}", crate::daemon::error_chain(&e));
             first_err.get_or_insert(e);
         }
     }

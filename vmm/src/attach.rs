@@ -13,6 +13,7 @@ use devices::legacy::serial::{is_pollable_input, Serial, SerialInput};
 use devices::legacy::{
     acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042, pvpanic::PvPanic,
 };
+use devices::virtio::fs::Fs;
 use devices::virtio::net::{Net, NetCounters, NetError, Tap, TapError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use event_manager::SubscriberOps;
@@ -23,6 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::builder::Subscribers;
 use crate::control::PowerButton;
+use crate::fs_server::{ConnectedShare, FsServer};
 use crate::timing::{Milestone, Timing};
 
 /// Errors attaching a device, named after the device and step.
@@ -76,6 +78,14 @@ pub enum AttachError {
         tap: String,
         #[source]
         source: NetError,
+    },
+    #[error("start the virtio-fs server and connect the shares")]
+    SpawnFsServer(#[source] crate::fs_server::FsServerError),
+    #[error("create the virtio-fs device of share {tag} (vhost-user handshake)")]
+    CreateFs {
+        tag: String,
+        #[source]
+        source: devices::virtio::fs::FsError,
     },
     #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_DEVICES)]
     TooManyVirtioDevices,
@@ -293,6 +303,33 @@ pub fn attach_net(
         .net_counters
         .push((net.tap.clone(), device_counters(&device)));
     attach_virtio(vm, mem, platform, "virtio-net", device.clone())?;
+    subscribers.add_subscriber(device);
+    Ok(())
+}
+
+/// Starts the VM's virtio-fs server (one process for all `source` shares) and connects every
+/// share to its backend; see [`crate::fs_server`].
+pub fn spawn_fs_server(
+    cfg: &VmConfig,
+) -> Result<(Option<FsServer>, Vec<ConnectedShare>), AttachError> {
+    crate::fs_server::spawn_fs_server(cfg).map_err(AttachError::SpawnFsServer)
+}
+
+/// A virtio-fs device (vhost-user frontend) for one connected share, in the next slot.
+pub fn attach_fs(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    share: ConnectedShare,
+) -> Result<(), AttachError> {
+    let device =
+        Fs::with_stream(&share.tag, share.stream).map_err(|source| AttachError::CreateFs {
+            tag: share.tag.clone(),
+            source,
+        })?;
+    let device = Arc::new(Mutex::new(device));
+    attach_virtio(vm, mem, platform, "virtio-fs", device.clone())?;
     subscribers.add_subscriber(device);
     Ok(())
 }

@@ -86,6 +86,8 @@ pub struct Machine {
     pub(crate) subscribers: Subscribers,
     pub(crate) platform: Platform,
     pub(crate) exit: Arc<ExitRequest>,
+    /// Last, so the devices' backend connections close before the server is killed.
+    pub(crate) _fs_server: Option<crate::fs_server::FsServer>,
 }
 
 /// Builds the VM described by `cfg`.
@@ -117,6 +119,11 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     for net in &cfg.network {
         attach::attach_net(&vm, &mem, &mut platform, &mut subscribers, net)?;
     }
+    // On this (main) thread: the server's parent-death signal is tied to the forking thread.
+    let (fs_server, shares) = attach::spawn_fs_server(cfg)?;
+    for share in shares {
+        attach::attach_fs(&vm, &mem, &mut platform, &mut subscribers, share)?;
+    }
 
     let rsdp = write_acpi_tables(&mem, cfg, &platform)?;
     let cmdline = attach::kernel_cmdline(cfg, &platform);
@@ -138,6 +145,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
         subscribers,
         platform,
         exit,
+        _fs_server: fs_server,
     })
 }
 

@@ -39,6 +39,11 @@ enum Command {
         #[arg(long)]
         storage_config: Option<PathBuf>,
     },
+    /// Serve a directory to a VM over vhost-user (virtio-fs), like upstream virtiofsd.
+    ///
+    /// Exits when the VMM disconnects. `--sandbox namespace` (the default) needs root; without
+    /// it the server runs unconfined with a warning.
+    Virtiofsd(vmm::virtiofsd::VirtiofsdArgs),
     /// Check CONFIG and report every problem with its JSON path and line.
     Validate {
         /// The VM config (JSON).
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             vmm::cli::run(&config, &opts, Timing::new(start, false))
         }
         Command::Validate { config } => vmm::cli::validate(&config),
+        Command::Virtiofsd(args) => vmm::virtiofsd::run(args),
     };
     match code {
         RunExit::Poweroff => ExitCode::SUCCESS,

@@ -247,25 +247,118 @@ fn validate_when_config_bad_then_every_problem_named() {
     assert!(err.contains(":2:"), "line of name missing: {err}");
 }
 
-#[test]
-fn run_when_config_has_shares_then_refused_before_creating_anything() {
-    let f = Fixture::new();
-    let kernel = f.guest("poweroff");
+/// Pids of the processes whose parent is `ppid` (from /proc/*/stat).
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(&ppid.to_string()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds; false after `limit`.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// A spinning VM with two source shares, its tinyvmm process, and its one server child.
+fn spin_with_shares(f: &Fixture, name: &str) -> (Child, u32) {
+    for dir in ["store", "etc"] {
+        std::fs::create_dir(f.dir.path().join(dir)).unwrap();
+    }
     let cfg = f.config(
-        "shares",
-        &kernel,
+        name,
+        &f.guest("spin"),
         &format!(
-            r#","shares":[{{"tag":"store","source":"{}","read_only":true}}]"#,
-            f.dir.path().display()
+            r#","shutdown_grace_secs":1,"shares":[{{"tag":"store","source":"{}","read_only":true}},{{"tag":"etc","source":"{}"}}]"#,
+            f.dir.path().join("store").display(),
+            f.dir.path().join("etc").display()
         ),
     );
-    let out = f.run(&cfg);
+    let mut child = f.command(&cfg).spawn().unwrap();
+    let tinyvmm = child.id();
+    let mut servers = Vec::new();
+    let found = wait_for(Duration::from_secs(20), || {
+        servers = children_of(tinyvmm)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"virtiofsd"))
+            })
+            .collect();
+        !servers.is_empty()
+    });
+    if !found {
+        let _ = child.kill();
+        let out = wait_with_timeout(child, Duration::from_secs(30));
+        panic!("no virtio-fs server appeared: {}", stderr(&out));
+    }
+    assert_eq!(servers.len(), 1, "one server process for both shares");
+    (child, servers[0])
+}
+
+#[test]
+fn run_when_config_has_shares_then_one_server_runs_with_the_vm_and_is_reaped_at_exit() {
+    let f = Fixture::new();
+    let (child, server) = spin_with_shares(&f, "shares");
+    assert!(alive(server));
+
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = wait_with_timeout(child, Duration::from_secs(30));
+
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("shares"), "{err}");
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(!err.contains("virtio-fs"), "no virtio-fs errors: {err}");
+    // tinyvmm reaped it before exiting: not even a zombie is left.
     assert!(
-        !timing_events(&err).contains(&"vm_created".to_owned()),
-        "{err}"
+        !std::path::Path::new(&format!("/proc/{server}")).exists(),
+        "server {server} left behind"
+    );
+}
+
+#[test]
+fn run_when_tinyvmm_is_sigkilled_then_its_server_dies_too() {
+    let f = Fixture::new();
+    let (child, server) = spin_with_shares(&f, "shares9");
+
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = wait_with_timeout(child, Duration::from_secs(30));
+
+    assert!(
+        wait_for(Duration::from_secs(10), || !alive(server)),
+        "server {server} outlived tinyvmm (PDEATHSIG)"
     );
 }
 

@@ -146,7 +146,13 @@ pub fn enter_namespace(
     read_only: &[bool],
     with_proc: bool,
 ) -> Result<Vec<PathBuf>, SandboxError> {
-    // Open the shares first: the tmpfs may cover their host paths (e.g. shares under /tmp).
+    unshare(CloneFlags::CLONE_NEWNS).map_err(SandboxError::Unshare)?;
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|source| mount_err("/ private", source))?;
+    // Open the shares before the tmpfs may cover their paths (e.g. shares under /tmp), and
+    // after unshare: a handle opened before it names a mount of the host namespace, which
+    // cannot be bind-mounted here.
     let handles = sources
         .iter()
         .map(|path| {
@@ -156,10 +162,6 @@ pub fn enter_namespace(
             })
         })
         .collect::<Result<Vec<File>, _>>()?;
-    unshare(CloneFlags::CLONE_NEWNS).map_err(SandboxError::Unshare)?;
-    let none: Option<&str> = None;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(|source| mount_err("/ private", source))?;
     mount(
         Some("tmpfs"),
         BUILD_DIR,
