@@ -327,11 +327,48 @@ fn spin_with_shares(f: &Fixture, name: &str) -> (Child, u32) {
     (child, servers[0])
 }
 
+/// As root the server runs in its own mount namespace whose root holds only the shares, the
+/// read-only one mounted read-only (without root it falls back to no sandbox).
+fn check_sandbox(f: &Fixture, server: u32) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let root = PathBuf::from(format!("/proc/{server}/root"));
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || names() == ["share0", "share1"]),
+        "server root holds {:?}, not only the shares",
+        names()
+    );
+    std::fs::write(f.dir.path().join("store/hello"), b"hi").unwrap();
+    assert!(root.join("share0/hello").exists(), "store visible inside");
+    let ro = std::fs::write(root.join("share0/new"), b"x").unwrap_err();
+    assert_eq!(
+        ro.raw_os_error(),
+        Some(libc::EROFS),
+        "store is read-only: {ro}"
+    );
+    std::fs::write(root.join("share1/new"), b"x").unwrap();
+    assert!(f.dir.path().join("etc/new").exists(), "etc is writable");
+}
+
 #[test]
 fn run_when_config_has_shares_then_one_server_runs_with_the_vm_and_is_reaped_at_exit() {
     let f = Fixture::new();
     let (child, server) = spin_with_shares(&f, "shares");
     assert!(alive(server));
+    check_sandbox(&f, server);
 
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

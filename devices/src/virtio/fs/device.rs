@@ -26,6 +26,9 @@ pub const TAG_LEN: usize = 36;
 /// Bytes of the config space: tag + le32 num_request_queues.
 pub const CONFIG_SIZE: usize = TAG_LEN + 4;
 
+/// How long the frontend waits for a backend reply.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The virtio features the frontend can pass through (ring features; the backend's
 /// device-specific bits are not used by virtio-fs today).
 const SUPPORTED_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX;
@@ -149,6 +152,11 @@ impl Fs {
         if tag.is_empty() || tag.len() > TAG_LEN {
             return Err(FsError::Tag(tag.to_owned()));
         }
+        // A backend that stops answering must not hang the VMM (the handshake runs while
+        // building, activation on a vCPU thread): replies time out.
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(FsError::Connect)?;
         let mut frontend = Frontend::from_stream(stream, NUM_QUEUES as u64);
         frontend.set_owner().map_err(FsError::SetOwner)?;
         let backend_features = frontend.get_features().map_err(FsError::GetFeatures)?;

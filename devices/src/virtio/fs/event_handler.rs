@@ -1,5 +1,5 @@
 //! Event-manager glue of virtio-fs: ACTIVATE (un)registers the call eventfds; a call eventfd
-//! raises the guest interrupt; a hang-up on the backend socket marks the device broken.
+//! raises the guest interrupt; a hang-up of the backend socket marks the device broken.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
@@ -15,13 +15,13 @@ impl MutEventSubscriber for Fs {
         match events.data() {
             ACTIVATE => self.glue.handle_activate(ops),
             BACKEND => {
-                // The backend never writes unasked on this socket: readable or hung up
-                // means it closed the connection (or died).
+                // Only hang-ups are watched (not IN: replies the vCPU thread is about to
+                // read would look like events); a hang-up is permanent, so stop watching.
                 self.mark_broken(&format_args!("socket event {:?}", events.event_set()));
                 let _ = ops.remove(Events::with_data_raw(
                     self.backend_fd(),
                     BACKEND,
-                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP,
+                    EventSet::HANG_UP | EventSet::READ_HANG_UP,
                 ));
             }
             _ => {
@@ -37,7 +37,7 @@ impl MutEventSubscriber for Fs {
         let events = Events::with_data_raw(
             self.backend_fd(),
             BACKEND,
-            EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP,
+            EventSet::HANG_UP | EventSet::READ_HANG_UP,
         );
         if let Err(e) = ops.add(events) {
             log::warn!(
