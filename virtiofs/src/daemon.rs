@@ -103,6 +103,15 @@ pub enum DaemonError {
         #[source]
         source: VhostUserFailure,
     },
+    /// The worker's exit eventfd could not be created.
+    #[error("create the exit eventfd of share {tag}")]
+    ExitEvent {
+        /// The share.
+        tag: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A share thread could not be spawned.
     #[error("spawn the thread of share {tag}")]
     SpawnThread {
@@ -151,7 +160,7 @@ pub struct DaemonShare {
 /// returned once all shares are done.
 ///
 /// With `sandbox` other than [`SandboxMode::None`] the calling process first moves into a
-/// mount namespace holding only the shared directories (see [`sandbox`]); the servers open
+/// mount namespace holding only the shared directories (module `sandbox`); the servers open
 /// the shares from inside it.
 pub fn serve(mut shares: Vec<DaemonShare>, sandbox: SandboxMode) -> Result<(), DaemonError> {
     let sources: Vec<PathBuf> = shares.iter().map(|s| s.options.source.clone()).collect();
@@ -201,7 +210,12 @@ pub fn serve_share(share: DaemonShare) -> Result<(), DaemonError> {
         tag: tag.clone(),
         source,
     })?;
-    let backend = Arc::new(FsBackend::new(server));
+    let backend = Arc::new(
+        FsBackend::new(server).map_err(|source| DaemonError::ExitEvent {
+            tag: tag.clone(),
+            source,
+        })?,
+    );
     let mut daemon = VhostUserDaemon::new(
         format!("vhost-fs-{tag}"),
         backend.clone(),
@@ -271,22 +285,14 @@ impl std::fmt::Debug for FsBackend {
 
 impl FsBackend {
     /// A backend serving `server`.
-    ///
-    /// # Panics
-    /// Never; an exit eventfd that cannot be created is reported by the daemon.
-    pub fn new(server: Server) -> Self {
-        Self {
+    pub fn new(server: Server) -> io::Result<Self> {
+        Ok(Self {
             server,
             mem: Mutex::new(None),
             exit: vmm_sys_util::event::new_event_consumer_and_notifier(
                 vmm_sys_util::event::EventFlag::NONBLOCK,
-            )
-            .unwrap_or_else(|e| {
-                // No eventfd: the process is out of fds; nothing can be served anyway.
-                log::error!("virtiofsd: cannot create the exit eventfd: {e}");
-                std::process::exit(1)
-            }),
-        }
+            )?,
+        })
     }
 
     fn signal_exit(&self) {

@@ -21,7 +21,7 @@ use event_manager::{EventManager, SubscriberOps};
 use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -29,6 +29,7 @@ use virtiofs::daemon::{self, DaemonError, DaemonShare, SandboxMode};
 use virtiofs::ShareOptions;
 
 const WRITE: u16 = 2;
+const EVENT_IDX: u64 = 1 << 29;
 const NEXT: u16 = 1;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,6 +85,17 @@ struct Rings<'a> {
 
 /// Lays out hiprio + request queues at `base` and activates the device on them.
 fn activate<'a>(mem: &'a GuestMemoryMmap, h: &mut Harness, base: u64) -> Rings<'a> {
+    activate_with(mem, h, base, VIRTIO_F_VERSION_1)
+}
+
+/// [`activate`] with the driver acknowledging `acked` (the transport turns EVENT_IDX on in
+/// the queues it hands over).
+fn activate_with<'a>(
+    mem: &'a GuestMemoryMmap,
+    h: &mut Harness,
+    base: u64,
+    acked: u64,
+) -> Rings<'a> {
     let queues: Vec<_> = (0..2u64)
         .map(|i| MockSplitQueue::create(mem, GuestAddress(base + i * 0x10_0000), 16))
         .collect();
@@ -95,11 +107,15 @@ fn activate<'a>(mem: &'a GuestMemoryMmap, h: &mut Harness, base: u64) -> Rings<'
         mem: mem.clone(),
         queues: queues
             .iter()
-            .map(|q| q.create_queue::<Queue>().unwrap())
+            .map(|q| {
+                let mut queue = q.create_queue::<Queue>().unwrap();
+                queue.set_event_idx(acked & EVENT_IDX != 0);
+                queue
+            })
             .collect(),
         queue_evts: kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
         interrupt: interrupt.clone(),
-        acked_features: VIRTIO_F_VERSION_1,
+        acked_features: acked,
     };
     h.fs.lock().unwrap().activate(args).unwrap();
     // Let the event loop register the call eventfds (the ACTIVATE event).
@@ -190,6 +206,21 @@ fn request_when_kicked_then_backend_returns_chain_and_interrupt_is_raised() {
     // with the FUSE server; here only the transport path is checked.
     assert_ne!(rings.interrupt.status() & INTERRUPT_STATUS_USED_RING, 0);
     assert!(used(&rings.queues[0]).is_empty(), "hiprio untouched");
+}
+
+#[test]
+fn request_when_event_idx_negotiated_then_served_and_interrupt_raised_when_guest_asks() {
+    let mut h = harness();
+    let irq = h.irq.clone();
+    let mem = guest_memory();
+    let rings = activate_with(&mem, &mut h, 0x10_0000, VIRTIO_F_VERSION_1 | EVENT_IDX);
+
+    // used_event 0: interrupt once the used index moves past 0.
+    add_request(&mem, &rings.queues[1], 0, 0x80_0000);
+    rings.kicks[1].write(1).unwrap();
+    wait_for_interrupt(&mut h.events, &irq);
+
+    assert_eq!(used(&rings.queues[1]), vec![(0, 0)]);
 }
 
 #[test]

@@ -18,7 +18,6 @@
 //! Must run before the daemon starts any thread: mount namespaces and roots are per task, and
 //! threads spawned later inherit them. seccomp is not applied here.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -243,8 +242,6 @@ fn mount_err(what: &str, source: nix::Error) -> SandboxError {
 /// An `O_PATH | O_DIRECTORY` handle on `path` (bind-mountable through /proc/self/fd).
 fn open_path(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let _ = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
