@@ -1,0 +1,5 @@
+//! FUSE server tests through virtio descriptor chains (mock split queue, real temp dirs).
+
+mod harness;
+
+mod basic;
