@@ -385,6 +385,7 @@ impl Server {
                     padding: 0,
                 }))
             })()),
+            op::SYNCFS => to_reply(fs.syncfs().map(|()| Reply::Ok(vec![]))),
             op::GETLK
             | op::SETLK
             | op::SETLKW
@@ -393,7 +394,6 @@ impl Server {
             | op::BMAP
             | op::SETUPMAPPING
             | op::REMOVEMAPPING
-            | op::SYNCFS
             | op::TMPFILE
             | op::NOTIFY_REPLY => Reply::Err(libc::ENOSYS),
             other => {

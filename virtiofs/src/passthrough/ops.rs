@@ -258,6 +258,10 @@ impl PassthroughFs {
     /// READLINK: the link's text, unresolved.
     pub fn readlink(&self, nodeid: u64) -> OpResult<Vec<u8>> {
         let fd = self.inode_fd(nodeid)?;
+        let st = sys::fstat(fd.as_raw_fd()).map_err(|e| errno(&e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            return Err(libc::EINVAL);
+        }
         sys::readlinkat(fd.as_raw_fd(), c"").map_err(|e| errno(&e))
     }
 
@@ -556,6 +560,13 @@ impl PassthroughFs {
                 libc::fsync(fd)
             }
         })
+    }
+
+    /// SYNCFS: syncs the file system of the share root (the guest's `sync`/`syncfs`).
+    pub fn syncfs(&self) -> OpResult<()> {
+        let d = self.reopen(self.root.as_raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        // SAFETY: plain syscall on an fd we own.
+        cvt(unsafe { libc::syncfs(d.as_raw_fd()) })
     }
 
     /// An fd for xattr calls: regular files and directories reopened read-only (the f*xattr
