@@ -7,7 +7,13 @@
 //! - `daemon`: the vhost-user-fs backend (vhost-user-backend crate) that serves a
 //!   [`Server`] to a VMM over a unix socket; also `tinyvmm virtiofsd`.
 
+pub mod abi;
 pub mod daemon;
+mod dispatch;
+mod passthrough;
+mod ratelimit;
 mod server;
+#[cfg(test)]
+mod tests;
 
-pub use server::{CachePolicy, Server, ServerError, ShareOptions};
+pub use server::{CachePolicy, IdMap, Server, ServerError, ShareOptions, DEFAULT_MAX_WRITE};

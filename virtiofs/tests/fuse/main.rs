@@ -1,0 +1,6 @@
+//! FUSE server tests through virtio descriptor chains (mock split queue, real temp dirs).
+
+mod harness;
+
+mod basic;
+mod mutate;
