@@ -359,6 +359,19 @@ impl VhostUserBackend for FsBackend {
         backend_protocol_features()
     }
 
+    fn reset_device(&self) {
+        self.server.end_session();
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The frontend stops every ring (GET_VRING_BASE) when the guest resets the device; the
+        // request queue stopping is where the FUSE session of that driver instance ends.
+        if usize::try_from(queue_index).is_ok_and(|q| q != HIPRIO_QUEUE) {
+            self.server.end_session();
+        }
+        Ok(())
+    }
+
     fn set_event_idx(&self, _enabled: bool) {
         // The handler sets EVENT_IDX on the vrings; `serve_available_budget` asks the queue.
     }

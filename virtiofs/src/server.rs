@@ -459,6 +459,13 @@ impl Server {
         Reply::Ok(b)
     }
 
+    /// Ends the FUSE session as DESTROY does (every node id and handle dropped, INIT accepted
+    /// again). The daemon calls it when the device is reset: a driver that reloads without
+    /// unmounting (crash, module reload) starts with a fresh INIT and must not inherit handles.
+    pub fn end_session(&self) {
+        let _ = self.do_destroy();
+    }
+
     /// DESTROY: the guest unmounted; every node id and handle is dropped.
     pub(crate) fn do_destroy(&self) -> Reply {
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = None;

@@ -5,7 +5,8 @@
 //! These tests check the transport path: handshake, memory table and rings handed over, a
 //! request chain served and returned to the used ring, the interrupt raised through the call
 //! eventfd hop, reset (GET_VRING_BASE) and re-activation, and the daemon ending when the
-//! frontend goes away. The FUSE reply content is the FUSE server's business (its own tests).
+//! frontend goes away; the FUSE_INIT reply proves the server read the request through the
+//! daemon's mapping of guest memory. FUSE semantics are the server's own tests.
 
 use std::os::unix::net::UnixListener;
 use std::sync::mpsc;
@@ -141,17 +142,50 @@ fn wait_for_interrupt(events: &mut EventManager<Arc<Mutex<Fs>>>, irq: &EventFd) 
 
 /// Publishes a request chain (readable request + writable reply buffer) on `q` at `at`.
 fn add_request(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, at: u16, buf: u64) {
-    // A FUSE_INIT request header (len, opcode 26, unique 1); the content does not matter here.
+    // FUSE_INIT: fuse_in_header (len, opcode 26, unique 1) + fuse_init_in (major 7, minor 36).
     let mut req = [0u8; 56];
     req[0..4].copy_from_slice(&56u32.to_le_bytes());
     req[4..8].copy_from_slice(&26u32.to_le_bytes());
     req[8..16].copy_from_slice(&1u64.to_le_bytes());
+    req[40..44].copy_from_slice(&7u32.to_le_bytes());
+    req[44..48].copy_from_slice(&36u32.to_le_bytes());
     mem.write_slice(&req, GuestAddress(buf)).unwrap();
     let descs: Vec<RawDescriptor> = vec![
         SplitDescriptor::new(buf, 56, NEXT, at + 1).into(),
         SplitDescriptor::new(buf + 0x1000, 0x1000, WRITE, 0).into(),
     ];
     q.add_desc_chains(&descs, at).unwrap();
+}
+
+/// Publishes a FUSE_FORGET (nodeid 1, nlookup 1; no reply) on `q` at `at`, as hiprio carries.
+fn add_forget(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, at: u16, buf: u64) {
+    let mut req = [0u8; 48];
+    req[0..4].copy_from_slice(&48u32.to_le_bytes());
+    req[4..8].copy_from_slice(&2u32.to_le_bytes());
+    req[8..16].copy_from_slice(&2u64.to_le_bytes());
+    req[16..24].copy_from_slice(&1u64.to_le_bytes());
+    req[40..48].copy_from_slice(&1u64.to_le_bytes());
+    mem.write_slice(&req, GuestAddress(buf)).unwrap();
+    let descs: Vec<RawDescriptor> = vec![SplitDescriptor::new(buf, 48, 0, 0).into()];
+    q.add_desc_chains(&descs, at).unwrap();
+}
+
+/// Checks the FUSE_INIT reply the server wrote at `buf` for a used-ring entry of `len` bytes:
+/// fuse_out_header { len, error 0, unique 1 } followed by fuse_init_out with major 7.
+fn assert_init_reply(mem: &GuestMemoryMmap, buf: u64, len: u32) {
+    let mut out = [0u8; 24];
+    mem.read_slice(&mut out, GuestAddress(buf + 0x1000))
+        .unwrap();
+    let word = |at: usize| u32::from_le_bytes(out[at..at + 4].try_into().unwrap());
+    assert_eq!(word(0), len, "out header len equals the used length");
+    assert!(len >= 16 + 8, "header and at least major/minor: {len}");
+    assert_eq!(word(4), 0, "no error");
+    assert_eq!(
+        u64::from_le_bytes(out[8..16].try_into().unwrap()),
+        1,
+        "unique"
+    );
+    assert_eq!(word(16), 7, "FUSE major version");
 }
 
 fn used(q: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
@@ -202,8 +236,7 @@ fn request_when_kicked_then_backend_returns_chain_and_interrupt_is_raised() {
     let returned = used(&rings.queues[1]);
     assert_eq!(returned.len(), 1, "the request chain came back");
     assert_eq!(returned[0].0, 0, "with its head index");
-    // The lead adds the FUSE_INIT reply check (len >= 16, fuse_out_header) after the merge
-    // with the FUSE server; here only the transport path is checked.
+    assert_init_reply(&mem, 0x80_0000, returned[0].1);
     assert_ne!(rings.interrupt.status() & INTERRUPT_STATUS_USED_RING, 0);
     assert!(used(&rings.queues[0]).is_empty(), "hiprio untouched");
 }
@@ -220,7 +253,9 @@ fn request_when_event_idx_negotiated_then_served_and_interrupt_raised_when_guest
     rings.kicks[1].write(1).unwrap();
     wait_for_interrupt(&mut h.events, &irq);
 
-    assert_eq!(used(&rings.queues[1]), vec![(0, 0)]);
+    let returned = used(&rings.queues[1]);
+    assert_eq!(returned.len(), 1);
+    assert_init_reply(&mem, 0x80_0000, returned[0].1);
 }
 
 #[test]
@@ -241,7 +276,7 @@ fn reset_when_reactivated_then_new_rings_are_served() {
     // Driver reload: fresh rings elsewhere, fresh kick eventfds.
     let rings = activate(&mem, &mut h, 0x40_0000);
     add_request(&mem, &rings.queues[1], 0, 0x90_0000);
-    add_request(&mem, &rings.queues[0], 0, 0xa0_0000);
+    add_forget(&mem, &rings.queues[0], 0, 0xa0_0000);
     rings.kicks[0].write(1).unwrap();
     rings.kicks[1].write(1).unwrap();
     let deadline = Instant::now() + TIMEOUT;
@@ -253,7 +288,9 @@ fn reset_when_reactivated_then_new_rings_are_served() {
         h.events.run_with_timeout(100).unwrap();
     }
 
-    assert_eq!(used(&rings.queues[1]), vec![(0, 0)]);
+    // The reset ended the first session, so the new driver instance's INIT succeeds; the
+    // FORGET on hiprio is consumed without a reply.
+    assert_init_reply(&mem, 0x90_0000, used(&rings.queues[1])[0].1);
     assert_eq!(used(&rings.queues[0]), vec![(0, 0)]);
     assert!(!h.fs.lock().unwrap().is_broken());
 }
