@@ -26,6 +26,7 @@ mod sandbox;
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::queue_loop::{serve_available_budget, Served};
@@ -269,6 +270,9 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 pub struct FsBackend {
     server: Server,
     mem: Mutex<Option<Mem>>,
+    /// Queues whose available ring was found corrupt: not served again (and not logged
+    /// again) until the frontend stops the ring (GET_VRING_BASE, i.e. a device reset).
+    stalled: [AtomicBool; NUM_QUEUES],
     exit: (
         vmm_sys_util::event::EventConsumer,
         vmm_sys_util::event::EventNotifier,
@@ -289,6 +293,7 @@ impl FsBackend {
         Ok(Self {
             server,
             mem: Mutex::new(None),
+            stalled: Default::default(),
             exit: vmm_sys_util::event::new_event_consumer_and_notifier(
                 vmm_sys_util::event::EventFlag::NONBLOCK,
             )?,
@@ -310,7 +315,11 @@ impl FsBackend {
             let mut more = false;
             for (index, vring) in vrings.iter().enumerate() {
                 let mut state = vring.get_mut();
-                if !state.is_enabled() || !state.get_queue().ready() {
+                let stalled = self.stalled.get(index);
+                if !state.is_enabled()
+                    || !state.get_queue().ready()
+                    || stalled.is_some_and(|s| s.load(Ordering::Relaxed))
+                {
                     continue;
                 }
                 let name = if index == HIPRIO_QUEUE {
@@ -326,6 +335,11 @@ impl FsBackend {
                     |chain| Served::Used(self.server.handle_chain(&*mem, chain)),
                 );
                 more |= drained.exhausted;
+                if drained.stalled {
+                    if let Some(s) = stalled {
+                        s.store(true, Ordering::Relaxed);
+                    }
+                }
                 if drained.notify {
                     if let Err(e) = state.signal_used_queue() {
                         log::warn!("virtiofsd: cannot signal queue {index}: {e}");
@@ -374,6 +388,16 @@ impl VhostUserBackend for FsBackend {
 
     fn set_event_idx(&self, _enabled: bool) {
         // The handler sets EVENT_IDX on the vrings; `serve_available_budget` asks the queue.
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if let Some(s) = usize::try_from(queue_index)
+            .ok()
+            .and_then(|i| self.stalled.get(i))
+        {
+            s.store(false, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn update_memory(&self, mem: Mem) -> io::Result<()> {

@@ -333,3 +333,27 @@ fn connect_when_backend_hangs_up_then_error_names_the_failed_step() {
         "{err:?}"
     );
 }
+
+#[test]
+fn request_queue_when_guest_corrupts_avail_index_then_hiprio_still_served_and_reset_recovers() {
+    let mut h = harness();
+    let irq = h.irq.clone();
+    let mem = guest_memory();
+    let rings = activate(&mem, &mut h, 0x10_0000);
+    // A hostile driver: the request queue's available index is 40 entries ahead of a
+    // 16-entry ring.
+    add_request(&mem, &rings.queues[1], 0, 0x80_0000);
+    rings.queues[1].avail().idx().store(40);
+    rings.kicks[1].write(1).unwrap();
+
+    add_request(&mem, &rings.queues[0], 0, 0x90_0000);
+    rings.kicks[0].write(1).unwrap();
+    wait_for_interrupt(&mut h.events, &irq);
+
+    assert_eq!(used(&rings.queues[0]), vec![(0, 0)], "hiprio served");
+    assert!(
+        used(&rings.queues[1]).is_empty(),
+        "the corrupt ring is stalled"
+    );
+    assert!(!h.fs.lock().unwrap().is_broken());
+}

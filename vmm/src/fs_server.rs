@@ -68,23 +68,34 @@ pub enum FsServerError {
 /// The running server process; killed and reaped on drop.
 #[derive(Debug)]
 pub struct FsServer {
-    child: Child,
+    /// `None` only after [`FsServer::into_child`].
+    child: Option<Child>,
+    pid: u32,
 }
 
 impl FsServer {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
+    }
+
+    /// Gives up ownership: the process is no longer killed on drop (tests of the
+    /// parent-death signal).
+    pub fn into_child(mut self) -> Option<Child> {
+        self.child.take()
     }
 }
 
 impl Drop for FsServer {
     fn drop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
         // The frontends are gone or going; the server has nothing left to do.
-        let _ = self.child.kill();
-        match self.child.wait() {
-            Ok(status) => log::debug!("virtio-fs server {} ended: {status}", self.child.id()),
-            Err(e) => log::warn!("virtio-fs server {}: cannot reap: {e}", self.child.id()),
+        let _ = child.kill();
+        match child.wait() {
+            Ok(status) => log::debug!("virtio-fs server {} ended: {status}", self.pid),
+            Err(e) => log::warn!("virtio-fs server {}: cannot reap: {e}", self.pid),
         }
     }
 }
@@ -127,7 +138,7 @@ pub fn spawn_fs_server(
     let server = if specs.is_empty() {
         None
     } else {
-        Some(spawn(&specs)?)
+        Some(spawn_server(Path::new("/proc/self/exe"), &specs)?)
     };
     // Our copies of the listeners close here: only the server holds them now.
     let mut streams = pairs.into_iter().map(|(_, stream)| stream);
@@ -170,8 +181,10 @@ fn bind_and_connect(
         .collect()
 }
 
-fn spawn(specs: &[ShareSpec]) -> Result<FsServer, FsServerError> {
-    let mut cmd = Command::new("/proc/self/exe");
+/// Spawns `exe virtiofsd --share ...` (`exe` is tinyvmm itself) for listening sockets the
+/// caller owns (their fds are in `specs`), tied to the calling thread by PR_SET_PDEATHSIG.
+pub fn spawn_server(exe: &Path, specs: &[ShareSpec]) -> Result<FsServer, FsServerError> {
+    let mut cmd = Command::new(exe);
     cmd.arg("--log-level")
         .arg(log::max_level().to_string())
         .arg("virtiofsd");
@@ -206,7 +219,10 @@ fn spawn(specs: &[ShareSpec]) -> Result<FsServer, FsServerError> {
         child.id(),
         specs.len()
     );
-    Ok(FsServer { child })
+    Ok(FsServer {
+        pid: child.id(),
+        child: Some(child),
+    })
 }
 
 /// Connects to an external backend, retrying while its socket is missing or refuses.

@@ -466,3 +466,67 @@ fn run_when_guest_reports_panic_through_pvpanic_then_exit_4() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn run_when_share_names_external_socket_then_connects_even_if_backend_starts_later() {
+    let f = Fixture::new();
+    let socket = f.dir.path().join("ext.sock");
+    let cfg = f.config(
+        "extfs",
+        &f.guest("poweroff"),
+        &format!(
+            r#","shares":[{{"tag":"ext","socket":"{}"}}]"#,
+            socket.display()
+        ),
+    );
+    // tinyvmm first: it waits (bounded) for the backend's socket to appear.
+    let vm = f.command(&cfg).spawn().unwrap();
+    let mut backend = Command::new(env!("CARGO_BIN_EXE_tinyvmm"))
+        .arg("virtiofsd")
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(f.dir.path())
+        .args(["--sandbox", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let out = wait_with_timeout(vm, Duration::from_secs(60));
+
+    let err = stderr(&out);
+    let backend_done = wait_for(Duration::from_secs(10), || {
+        backend.try_wait().unwrap().is_some()
+    });
+    if !backend_done {
+        let _ = backend.kill();
+    }
+    let status = backend.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        backend_done && status.success(),
+        "backend exits once the VM is gone"
+    );
+}
+
+#[test]
+fn run_when_external_socket_never_appears_then_error_names_the_share() {
+    let f = Fixture::new();
+    let socket = f.dir.path().join("none.sock");
+    let cfg = f.config(
+        "extnone",
+        &f.guest("poweroff"),
+        &format!(
+            r#","shares":[{{"tag":"ghost","socket":"{}"}}]"#,
+            socket.display()
+        ),
+    );
+
+    let out = f.run(&cfg);
+
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("share ghost"), "{err}");
+    assert!(err.contains("none.sock"), "{err}");
+}

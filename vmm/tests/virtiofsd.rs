@@ -180,3 +180,72 @@ fn frontend_when_backend_process_dies_then_device_marked_broken_and_activation_r
         "{err:?}"
     );
 }
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[test]
+fn server_when_spawning_thread_exits_then_killed_by_parent_death_signal_despite_open_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fs.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    // Connected and kept open: the server never sees a disconnect, so only the parent-death
+    // signal can end it.
+    let _stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let spec = vmm::virtiofsd::ShareSpec {
+        fd: listener.as_raw_fd(),
+        dir: dir.path().to_owned(),
+        read_only: false,
+        tag: "data".into(),
+    };
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let spawner = std::thread::spawn(move || {
+        let exe = Path::new(env!("CARGO_BIN_EXE_tinyvmm"));
+        let child = vmm::fs_server::spawn_server(exe, &[spec])
+            .unwrap()
+            .into_child()
+            .unwrap();
+        pid_tx.send(child).unwrap();
+        let _ = go_rx.recv_timeout(TIMEOUT);
+    });
+    let mut child = pid_rx.recv_timeout(TIMEOUT).unwrap();
+    let pid = child.id();
+    let exec_done = wait_for(TIMEOUT, || {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"virtiofsd"))
+    });
+    assert!(exec_done && alive(pid), "server running");
+    drop(listener);
+
+    go_tx.send(()).unwrap();
+    spawner.join().unwrap();
+
+    let died = wait_for(TIMEOUT, || !alive(pid));
+    if !died {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(died, "server outlived its parent thread");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
