@@ -377,25 +377,19 @@ impl VhostUserBackend for FsBackend {
         self.server.end_session();
     }
 
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        // The frontend stops every ring (GET_VRING_BASE) when the guest resets the device; the
-        // request queue stopping is where the FUSE session of that driver instance ends.
-        if usize::try_from(queue_index).is_ok_and(|q| q != HIPRIO_QUEUE) {
-            self.server.end_session();
-        }
-        Ok(())
-    }
-
     fn set_event_idx(&self, _enabled: bool) {
         // The handler sets EVENT_IDX on the vrings; `serve_available_budget` asks the queue.
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        if let Some(s) = usize::try_from(queue_index)
-            .ok()
-            .and_then(|i| self.stalled.get(i))
-        {
+        let index = usize::try_from(queue_index).ok();
+        if let Some(s) = index.and_then(|i| self.stalled.get(i)) {
             s.store(false, Ordering::Relaxed);
+        }
+        // The frontend stops every ring (GET_VRING_BASE) when the guest resets the device; the
+        // request queue stopping is where the FUSE session of that driver instance ends.
+        if index.is_some_and(|q| q != HIPRIO_QUEUE) {
+            self.server.end_session();
         }
         Ok(())
     }
