@@ -347,8 +347,8 @@ fn check_sandbox(f: &Fixture, server: u32) {
         v
     };
     assert!(
-        wait_for(Duration::from_secs(10), || names() == ["share0", "share1"]),
-        "server root holds {:?}, not only the shares",
+        wait_for(Duration::from_secs(10), || names() == ["proc", "share0", "share1"]),
+        "server root holds {:?}, not only its proc and the shares",
         names()
     );
     std::fs::write(f.dir.path().join("store/hello"), b"hi").unwrap();

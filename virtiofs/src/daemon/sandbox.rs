@@ -134,7 +134,10 @@ pub fn enter(
             })?;
             Ok(vec![PathBuf::from("/")])
         }
-        SandboxMode::Namespace => enter_namespace(sources, read_only, false),
+        // The passthrough server reopens inodes for I/O through /proc/self/fd, so the sandbox
+        // gets a fresh proc. Residual risk, for the hardening work (issue 13): without a PID
+        // namespace, a taken-over server could reach other processes' /proc/PID/root.
+        SandboxMode::Namespace => enter_namespace(sources, read_only, true),
     }
 }
 
@@ -216,10 +219,7 @@ pub fn enter_namespace(
         .map_err(|source| mount_err("/proc", source))?;
     }
     nix::unistd::chdir(BUILD_DIR).map_err(SandboxError::PivotRoot)?;
-    // pivot_root(".", "."): the old root ends up stacked on the new one; detach it.
-    nix::unistd::pivot_root(".", ".").map_err(SandboxError::PivotRoot)?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(SandboxError::PivotRoot)?;
-    nix::unistd::chdir("/").map_err(SandboxError::PivotRoot)?;
+    switch_root()?;
     // The tmpfs itself holds nothing but mount points: make it read-only too.
     mount(
         none,
@@ -230,6 +230,31 @@ pub fn enter_namespace(
     )
     .map_err(|source| mount_err("the new root read-only", source))?;
     Ok(inside)
+}
+
+/// Makes the current directory (the tmpfs) the root of this mount namespace.
+///
+/// `pivot_root(".", ".")` stacks the old root on the new one, and detaching it leaves the host
+/// tree unreachable. A host whose root is the initramfs (rootfs: the lab's L1 machine, some
+/// appliances) cannot pivot away from it (EINVAL); there the tmpfs is moved over `/` and
+/// chrooted into, as switch_root does. The host tree is then hidden under the moved mount
+/// rather than detached, so a process that keeps CAP_SYS_CHROOT could climb out: warn.
+fn switch_root() -> Result<(), SandboxError> {
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(SandboxError::PivotRoot)?,
+        Err(nix::errno::Errno::EINVAL) => {
+            log::warn!(
+                "virtiofsd: the host root cannot be pivoted (initramfs); confining with \
+                 MS_MOVE + chroot instead"
+            );
+            let none: Option<&str> = None;
+            mount(Some("."), "/", none, MsFlags::MS_MOVE, none)
+                .map_err(|source| mount_err("the tmpfs root over /", source))?;
+            nix::unistd::chroot(".").map_err(SandboxError::PivotRoot)?;
+        }
+        Err(e) => return Err(SandboxError::PivotRoot(e)),
+    }
+    nix::unistd::chdir("/").map_err(SandboxError::PivotRoot)
 }
 
 fn mount_err(what: &str, source: nix::Error) -> SandboxError {
