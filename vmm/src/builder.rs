@@ -117,6 +117,9 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     for net in &cfg.network {
         attach::attach_net(&vm, &mem, &mut platform, &mut subscribers, net)?;
     }
+    for volume in cfg.volumes.iter().enumerate() {
+        attach::attach_block(&vm, &mem, &mut platform, &mut subscribers, volume)?;
+    }
 
     let rsdp = write_acpi_tables(&mem, cfg, &platform)?;
     let cmdline = attach::kernel_cmdline(cfg, &platform);

@@ -51,6 +51,7 @@
 //! # }
 //! ```
 
+pub mod block;
 mod glue;
 mod interrupt;
 pub mod mmio;
