@@ -98,7 +98,7 @@ impl Backend {
         if sectors == 0 {
             return Err(BackendError::Empty { path });
         }
-        if bytes % SECTOR_SIZE != 0 {
+        if !bytes.is_multiple_of(SECTOR_SIZE) {
             log::warn!(
                 "virtio-blk: {}: size {bytes} is not a multiple of 512; the last {} bytes are not visible",
                 path.display(),

@@ -97,6 +97,11 @@ impl Block {
         &self.backend
     }
 
+    /// Bytes held by the bounce buffer (bounded by the request size limit).
+    pub fn bounce_capacity(&self) -> usize {
+        self.bounce.capacity()
+    }
+
     /// Serves every available request, then interrupts the guest if it asked to be.
     /// Returns whether it did. Does nothing while the device is not active.
     pub fn process_queue(&mut self) -> bool {

@@ -324,7 +324,7 @@ fn no_data(kind: &'static str, wrong: &Regions) -> Result<(), BadRequest> {
 
 /// The sector count of `len` data bytes at `sector`, if the range lies on the disk.
 fn check_range(backend: &Backend, sector: u64, len: usize) -> Result<u64, BadRequest> {
-    if len as u64 % SECTOR_SIZE != 0 {
+    if !(len as u64).is_multiple_of(SECTOR_SIZE) {
         return Err(BadRequest::Unaligned(len));
     }
     let count = len as u64 / SECTOR_SIZE;
@@ -382,7 +382,10 @@ struct Segment {
 
 fn discard_or_zero(discard: bool, data: &Regions, cx: &mut Context) -> Result<(), BadRequest> {
     let len = data.len();
-    if len == 0 || len % DISCARD_SEG_LEN != 0 || len / DISCARD_SEG_LEN > MAX_DISCARD_SEG as usize {
+    if len == 0
+        || !len.is_multiple_of(DISCARD_SEG_LEN)
+        || len / DISCARD_SEG_LEN > MAX_DISCARD_SEG as usize
+    {
         return Err(BadRequest::BadSegments(len));
     }
     let mut raw = [0u8; DISCARD_SEG_LEN * MAX_DISCARD_SEG as usize];
