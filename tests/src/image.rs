@@ -66,6 +66,7 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     ("failover", true),
     ("net_failover", true),
     ("virtio_net", true),
+    ("virtio_blk", true),
     ("fuse", true),
     ("virtiofs", true),
     ("rng-core", false),
