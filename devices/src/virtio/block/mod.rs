@@ -20,6 +20,8 @@ mod ratelimit;
 pub mod request;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transport_tests;
 
 pub use backend::{Backend, BackendError, CacheMode, VolumeOptions};
 pub use device::{Block, BlockCounters};

@@ -19,23 +19,23 @@ use super::*;
 use crate::virtio::features::VIRTIO_F_VERSION_1;
 use crate::virtio::{ActivateArgs, VirtioDevice, VirtioInterrupt};
 
-const MEM_SIZE: usize = 8 << 20;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
+pub(super) const MEM_SIZE: usize = 8 << 20;
+pub(super) const NEXT: u16 = 1;
+pub(super) const WRITE: u16 = 2;
 const INDIRECT: u16 = 4;
-const QSIZE: u16 = 16;
+pub(super) const QSIZE: u16 = 16;
 /// Guest addresses: header, data, status, a second data area.
-const HDR: u64 = 0x10_000;
-const DATA: u64 = 0x20_000;
-const STATUS: u64 = 0x30_000;
+pub(super) const HDR: u64 = 0x10_000;
+pub(super) const DATA: u64 = 0x20_000;
+pub(super) const STATUS: u64 = 0x30_000;
 const DATA2: u64 = 0x40_000;
 /// Image size: 64 sectors (32 KiB).
 const IMAGE_SECTORS: u64 = 64;
-const OK: u8 = VIRTIO_BLK_S_OK as u8;
+pub(super) const OK: u8 = VIRTIO_BLK_S_OK as u8;
 const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
-fn memory() -> GuestMemoryMmap {
+pub(super) fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
@@ -45,12 +45,12 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// A temporary directory holding `disk.img` filled with the pattern.
-struct Image {
+pub(super) struct Image {
     dir: tempfile::TempDir,
 }
 
 impl Image {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let len = (IMAGE_SECTORS * 512) as usize;
         std::fs::write(dir.path().join("disk.img"), pattern(len)).unwrap();
@@ -61,11 +61,11 @@ impl Image {
         self.dir.path().join("disk.img")
     }
 
-    fn contents(&self) -> Vec<u8> {
+    pub(super) fn contents(&self) -> Vec<u8> {
         std::fs::read(self.path()).unwrap()
     }
 
-    fn open(&self, read_only: bool, cache: CacheMode) -> Result<Backend, BackendError> {
+    pub(super) fn open(&self, read_only: bool, cache: CacheMode) -> Result<Backend, BackendError> {
         Backend::open(&VolumeOptions {
             path: self.path(),
             read_only,
