@@ -745,4 +745,8 @@ fn cache_none_when_requests_served_then_data_round_trips_direct_or_not() {
     assert_eq!(r.status(STATUS), OK);
     assert_eq!(r.read(DATA, 4096), [0x42; 4096]);
     assert_eq!(img.contents()[4096..8192], [0x42; 4096]);
+    if r.blk.backend().is_direct() {
+        // The aligned bounce buffer made O_DIRECT work: no request fell back.
+        assert_eq!(r.blk.backend().direct_fallbacks(), 0);
+    }
 }
