@@ -36,14 +36,6 @@ r ro_write_rc=$?
 blkdiscard -o 4194304 -l 1048576 /dev/vda
 r discard_rc=$?
 sync
-# Throughput of the 64 MiB /dev/vdc (numbers only; fast mode, nested TCG).
-now() { cut -d' ' -f1 /proc/uptime; }
-rate() { awk -v a="$1" -v b="$2" 'BEGIN { d = b - a; if (d <= 0) d = 0.01; printf "%.1f", 64 / d }'; }
-t0=$(now); dd if=/dev/zero of=/dev/vdc bs=1M count=64 conv=fsync 2>/dev/null; t1=$(now)
-echo 3 > /proc/sys/vm/drop_caches
-t2=$(now); dd if=/dev/vdc of=/dev/null bs=1M 2>/dev/null; t3=$(now)
-r write_mib_s=$(rate "$t0" "$t1")
-r read_mib_s=$(rate "$t2" "$t3")
 r fsynced=1
 while :; do sleep 1; done
 "#;
@@ -52,7 +44,6 @@ const L1_SCRIPT: &str = r#"
 md5() { md5sum | cut -d' ' -f1; }
 yes tinyvmm-blk-pattern | head -c 8388608 > /tmp/rw.img
 yes read-only-volume | head -c 2097152 > /tmp/ro.img
-head -c 67108864 /dev/zero > /tmp/bench.img
 lab-report "blk.host_pattern_md5=$(head -c 1048576 /tmp/rw.img | md5)"
 lab-report "blk.ro_md5_before=$(md5 < /tmp/ro.img)"
 lab-report "blk.zero_md5=$(head -c 1048576 /dev/zero | md5)"
@@ -91,14 +82,10 @@ fn lab_blk_when_guest_writes_fsyncs_and_vmm_killed_then_data_on_host_and_read_on
     let rw =
         r#"{"path":"/tmp/rw.img","read_only":false,"serial":"tinyvmm-rw-0001","cache":"none"}"#;
     let ro = r#"{"path":"/tmp/ro.img","read_only":true}"#;
-    let bench = r#"{"path":"/tmp/bench.img","read_only":false}"#;
     let scenario = Scenario::new("virtio-blk")
         .l2_script(L2_SCRIPT)
         .script(L1_SCRIPT)
-        .file(
-            "/lab/blk1.json",
-            config("blk1", &format!("[{rw},{ro},{bench}]")),
-        )
+        .file("/lab/blk1.json", config("blk1", &format!("[{rw},{ro}]")))
         .file("/lab/blk2.json", config("blk2", &format!("[{rw}]")))
         .timeout(Duration::from_secs(420))
         .emulation_retries(1);
@@ -135,11 +122,6 @@ fn lab_blk_when_guest_writes_fsyncs_and_vmm_killed_then_data_on_host_and_read_on
     same("blk.host_discarded_md5", "blk.zero_md5");
     out.assert_kv("blk.host_size", "8388608");
     same("blk.ro_md5_after", "blk.ro_md5_before");
-    println!(
-        "lab virtio-blk (fast mode, nested TCG, 64 MiB, bs=1M, writeback on L1 tmpfs): write+fsync {} MiB/s, read {} MiB/s",
-        kv("blk1.write_mib_s"),
-        kv("blk1.read_mib_s")
-    );
 }
 
 const STORE_L2: &str = r#"
