@@ -13,13 +13,14 @@ use devices::legacy::serial::{is_pollable_input, Serial, SerialInput};
 use devices::legacy::{
     acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042, pvpanic::PvPanic,
 };
+use devices::virtio::block::{Backend, BackendError, Block, CacheMode, VolumeOptions};
 use devices::virtio::fs::Fs;
 use devices::virtio::net::{Net, NetCounters, NetError, Tap, TapError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use event_manager::SubscriberOps;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmconfig::{MmioDiscovery, NetConfig, SerialConfig, VmConfig};
+use vmconfig::{CacheConfig, MmioDiscovery, NetConfig, SerialConfig, VmConfig, VolumeConfig};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::builder::Subscribers;
@@ -86,6 +87,12 @@ pub enum AttachError {
         tag: String,
         #[source]
         source: devices::virtio::fs::FsError,
+    },
+    #[error("open volume {index} for virtio-blk")]
+    OpenVolume {
+        index: usize,
+        #[source]
+        source: BackendError,
     },
     #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_DEVICES)]
     TooManyVirtioDevices,
@@ -330,6 +337,33 @@ pub fn attach_fs(
         })?;
     let device = Arc::new(Mutex::new(device));
     attach_virtio(vm, mem, platform, "virtio-fs", device.clone())?;
+    subscribers.add_subscriber(device);
+    Ok(())
+}
+
+/// A virtio-blk device on `vol` (volume number `index` of the config), in the next
+/// virtio-mmio slot. The image stays locked (flock) for as long as the VMM runs.
+pub fn attach_block(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    (index, vol): (usize, &VolumeConfig),
+) -> Result<(), AttachError> {
+    let opts = VolumeOptions {
+        path: vol.path.clone(),
+        read_only: vol.read_only,
+        cache: match vol.cache {
+            CacheConfig::None => CacheMode::None,
+            CacheConfig::Writeback => CacheMode::Writeback,
+        },
+    };
+    let backend =
+        Backend::open(&opts).map_err(|source| AttachError::OpenVolume { index, source })?;
+    let device = Block::new(backend, vol.serial.as_deref())
+        .map_err(|e| AttachError::CreateDevice("virtio-blk", e))?;
+    let device = Arc::new(Mutex::new(device));
+    attach_virtio(vm, mem, platform, "virtio-blk", device.clone())?;
     subscribers.add_subscriber(device);
     Ok(())
 }

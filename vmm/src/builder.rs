@@ -119,6 +119,9 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     for net in &cfg.network {
         attach::attach_net(&vm, &mem, &mut platform, &mut subscribers, net)?;
     }
+    for volume in cfg.volumes.iter().enumerate() {
+        attach::attach_block(&vm, &mem, &mut platform, &mut subscribers, volume)?;
+    }
     // On this (main) thread: the server's parent-death signal is tied to the forking thread.
     let (fs_server, shares) = attach::spawn_fs_server(cfg)?;
     for share in shares {

@@ -347,7 +347,8 @@ fn check_sandbox(f: &Fixture, server: u32) {
         v
     };
     assert!(
-        wait_for(Duration::from_secs(10), || names() == ["proc", "share0", "share1"]),
+        wait_for(Duration::from_secs(10), || names()
+            == ["proc", "share0", "share1"]),
         "server root holds {:?}, not only its proc and the shares",
         names()
     );

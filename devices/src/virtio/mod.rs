@@ -51,6 +51,7 @@
 //! # }
 //! ```
 
+pub mod block;
 pub mod fs;
 mod glue;
 mod interrupt;
