@@ -122,9 +122,7 @@ impl PassthroughFs {
         let use_handles =
             is_root && opts.use_file_handles && sys::name_to_handle(root.as_raw_fd()).is_ok();
         let root = Arc::new(root);
-        let mut mount_fds = std::collections::HashMap::new();
-        mount_fds.insert(st.st_dev, root.clone());
-        Ok(Self {
+        let fs = Self {
             root,
             root_dev: st.st_dev,
             root_ino: st.st_ino,
@@ -135,14 +133,32 @@ impl PassthroughFs {
             uid_map: opts.uid_map,
             gid_map: opts.gid_map,
             max_handles: opts.max_handles,
-            mount_fds: Mutex::new(mount_fds),
+            mount_fds: Mutex::new(std::collections::HashMap::new()),
             inodes: Mutex::new(InodeTable::new()),
             fds: Mutex::new(FdCache::new(opts.fd_cache_size)),
             handles: Mutex::new(Handles {
                 map: std::collections::HashMap::new(),
                 next: 1,
             }),
-        })
+        };
+        if fs.use_handles {
+            fs.note_mount(st.st_dev, fs.root.as_raw_fd());
+        }
+        Ok(fs)
+    }
+
+    /// Remembers a directory fd on file system `dev` for `open_by_handle_at`, which takes a
+    /// real (not O_PATH) fd as its mount fd. Directories only: every file system below the
+    /// root is entered through its root directory, and opening a directory has no side
+    /// effects. One fd per file system, so bounded by the mounts beneath the share.
+    fn note_mount(&self, dev: u64, dir: RawFd) {
+        let mut m = lock(&self.mount_fds);
+        if m.contains_key(&dev) {
+            return;
+        }
+        if let Ok(fd) = self.reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
+            m.insert(dev, Arc::new(fd));
+        }
     }
 
     /// Whether inodes are remembered by file handles (else by parent and name).
@@ -224,12 +240,10 @@ impl PassthroughFs {
         } else {
             None
         };
-        let fd = Arc::new(fd);
-        if handle.is_some() {
-            lock(&self.mount_fds)
-                .entry(st.st_dev)
-                .or_insert_with(|| fd.clone());
+        if handle.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            self.note_mount(st.st_dev, fd.as_raw_fd());
         }
+        let fd = Arc::new(fd);
         let id = if st.st_dev == self.root_dev && st.st_ino == self.root_ino {
             // The root reached again (e.g. through a host bind mount): keep one id for it.
             ROOT_ID

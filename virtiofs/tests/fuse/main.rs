@@ -3,4 +3,7 @@
 mod harness;
 
 mod basic;
+mod hostile;
+mod malformed;
 mod mutate;
+mod readonly;
