@@ -106,10 +106,24 @@ impl PassthroughFs {
         let mut root = sys::openat(libc::AT_FDCWD, &path, libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(OpenError::Source)?;
         let is_root = sys::geteuid() == 0;
-        if opts.read_only && is_root {
-            // The kernel refuses writes through a read-only mount whatever the server's
-            // checks say. Only root may clone mounts; others rely on those checks alone.
-            root = sys::readonly_tree(root.as_raw_fd()).map_err(OpenError::ReadOnlyTree)?;
+        if is_root {
+            // A private clone of the share's mounts on which the kernel refuses what the
+            // server's own checks also refuse: writes on read-only shares, and device nodes
+            // (nodev) and set-id bits (nosuid) everywhere. Only root may clone mounts;
+            // others rely on the server's checks alone.
+            let base = sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOSUID;
+            if opts.read_only {
+                root = sys::clone_tree(root.as_raw_fd(), base | sys::MOUNT_ATTR_RDONLY)
+                    .map_err(OpenError::ReadOnlyTree)?;
+            } else {
+                match sys::clone_tree(root.as_raw_fd(), base) {
+                    Ok(tree) => root = tree,
+                    Err(e) => log::warn!(
+                        "virtio-fs: no nodev clone of {}: {e}; relying on the server's checks",
+                        opts.source.display()
+                    ),
+                }
+            }
         }
         let st = sys::fstat(root.as_raw_fd()).map_err(OpenError::Source)?;
         let proc_fd = sys::openat(
@@ -347,5 +361,57 @@ impl PassthroughFs {
             blksize: st.st_blksize as u32,
             flags: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_share_when_root_then_kernel_refuses_writes_beneath_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let fs = PassthroughFs::new(&ShareOptions::new(d.path(), true)).unwrap();
+        let (id, _) = fs.do_lookup(ROOT_ID, c"f").unwrap();
+        let fd = fs.inode_fd(id).unwrap();
+        // Straight to the kernel, past the server's own EROFS checks.
+        let w = fs.reopen(fd.as_raw_fd(), libc::O_WRONLY);
+        let mk = sys::openat(
+            fs.root.as_raw_fd(),
+            c"new",
+            libc::O_CREAT | libc::O_WRONLY,
+            0o644,
+        );
+        if sys::geteuid() == 0 {
+            assert_eq!(w.unwrap_err(), libc::EROFS);
+            assert_eq!(mk.unwrap_err().raw_os_error(), Some(libc::EROFS));
+        } else {
+            // Without CAP_SYS_ADMIN there is no read-only mount clone; only the server's
+            // checks stand between the guest and the files.
+            assert!(w.is_ok());
+            assert!(mk.is_ok());
+        }
+        // The host's own view of the directory stays writable.
+        std::fs::write(d.path().join("host"), b"y").unwrap();
+    }
+
+    #[test]
+    fn id_map_when_in_and_out_of_range_then_mapped_or_overflow() {
+        let m = IdMap {
+            guest_base: 0,
+            host_base: 100_000,
+            count: 1000,
+        };
+        assert_eq!(m.to_host(5), 100_005);
+        assert_eq!(m.to_guest(100_999), 999);
+        assert_eq!(m.to_host(1000), IdMap::OVERFLOW_ID);
+        assert_eq!(m.to_guest(5), IdMap::OVERFLOW_ID);
+        let edge = IdMap {
+            guest_base: 10,
+            host_base: u32::MAX - 1,
+            count: 5,
+        };
+        assert_eq!(edge.to_host(13), IdMap::OVERFLOW_ID);
     }
 }

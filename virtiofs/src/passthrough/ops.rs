@@ -297,6 +297,14 @@ impl PassthroughFs {
         rdev: u32,
     ) -> OpResult<(u64, libc::stat64)> {
         self.ro()?;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
+            // Device nodes in a host directory are a hazard for the host's own users of
+            // it; the guest never needs them here (its kernel opens device inodes itself,
+            // never through the server).
+            libc::S_IFCHR | libc::S_IFBLK => return Err(libc::EPERM),
+            _ => return Err(libc::EINVAL),
+        }
         let pfd = self.inode_fd(parent)?;
         {
             let _c = self.creds(ctx)?;
@@ -430,10 +438,15 @@ impl PassthroughFs {
         let flags = self.check_open_flags(flags)?;
         let fd = self.inode_fd(nodeid)?;
         let st = sys::fstat(fd.as_raw_fd()).map_err(|e| errno(&e))?;
+        // The guest kernel opens fifos, sockets and device inodes itself; OPEN only comes for
+        // regular files, so nothing else is ever opened on the host (opening a device or a
+        // fifo there could block the queue or have side effects).
         match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
             libc::S_IFLNK => return Err(libc::ELOOP),
-            libc::S_IFDIR if flags & libc::O_ACCMODE != libc::O_RDONLY => return Err(libc::EISDIR),
-            _ => {}
+            libc::S_IFDIR if flags & libc::O_ACCMODE == libc::O_RDONLY => {}
+            libc::S_IFDIR => return Err(libc::EISDIR),
+            _ => return Err(libc::ENXIO),
         }
         let f = self.reopen(fd.as_raw_fd(), flags)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;

@@ -256,3 +256,50 @@ fn file_handles_when_root_then_used_and_stale_after_host_replace() {
         Err(libc::ESTALE) | Err(libc::ENOENT)
     ));
 }
+
+#[test]
+fn mknod_when_device_node_then_eperm_and_nothing_created() {
+    let (d, f) = rw();
+    for mode in [libc::S_IFBLK | 0o600, libc::S_IFCHR | 0o600] {
+        let a = virtiofs::abi::MknodIn {
+            mode,
+            // 8:0, the first SCSI disk.
+            rdev: 8 << 8,
+            umask: 0,
+            padding: 0,
+        };
+        let o = f.call(op::MKNOD, ROOT_ID, &cat(&[&bytes(&a), &nul("disk")]), 4096);
+        assert_eq!(o.result().unwrap_err(), libc::EPERM);
+    }
+    assert!(!d.path().join("disk").exists());
+}
+
+#[test]
+fn open_when_host_has_device_or_fifo_then_not_opened() {
+    let (d, f) = rw();
+    let p = d.path().join("fifo");
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let e = f.lookup(ROOT_ID, "fifo").unwrap();
+    // Opening a fifo with no writer would block the queue; it is refused instead.
+    assert_eq!(
+        f.open(e.nodeid, libc::O_RDONLY as u32).unwrap_err(),
+        libc::ENXIO
+    );
+    if is_root() {
+        let dev = d.path().join("null");
+        let c = std::ffi::CString::new(dev.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string; 1:3 is /dev/null.
+        assert_eq!(
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
+        let e = f.lookup(ROOT_ID, "null").unwrap();
+        assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFCHR);
+        assert_eq!(
+            f.open(e.nodeid, libc::O_RDWR as u32).unwrap_err(),
+            libc::ENXIO
+        );
+    }
+}
