@@ -291,10 +291,8 @@ fn open_when_host_has_device_or_fifo_then_not_opened() {
         let dev = d.path().join("null");
         let c = std::ffi::CString::new(dev.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: valid C string; 1:3 is /dev/null.
-        assert_eq!(
-            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
-            0
-        );
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(r, 0);
         let e = f.lookup(ROOT_ID, "null").unwrap();
         assert_eq!(e.attr.mode & libc::S_IFMT, libc::S_IFCHR);
         assert_eq!(
