@@ -3,6 +3,7 @@
 mod harness;
 
 mod basic;
+mod concurrency;
 mod hostile;
 mod malformed;
 mod mutate;
