@@ -223,6 +223,10 @@ impl PassthroughFs {
         if st.st_dev != data.dev || st.st_ino != data.ino {
             return Err(libc::ESTALE);
         }
+        if data.handle.is_none() && data.btime.is_some() && sys::btime(fd.as_raw_fd()) != data.btime
+        {
+            return Err(libc::ESTALE);
+        }
         let fd = Arc::new(fd);
         lock(&self.fds).insert(id, fd.clone());
         Ok(fd)
@@ -254,6 +258,11 @@ impl PassthroughFs {
         } else {
             None
         };
+        let btime = if handle.is_none() {
+            sys::btime(fd.as_raw_fd())
+        } else {
+            None
+        };
         if handle.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             self.note_mount(st.st_dev, fd.as_raw_fd());
         }
@@ -267,6 +276,7 @@ impl PassthroughFs {
                 ino: st.st_ino,
                 refcount: 1,
                 handle,
+                btime,
                 parent,
                 name: name.to_owned(),
             })

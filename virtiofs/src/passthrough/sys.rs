@@ -46,6 +46,26 @@ pub fn statat(dir: RawFd, name: &CStr) -> io::Result<libc::stat64> {
     Ok(st)
 }
 
+/// The birth time of what `fd` is (statx STATX_BTIME), when the file system records one.
+/// Used where no file handle is available to tell a file from a later one that got the
+/// same inode number.
+pub fn btime(fd: RawFd) -> Option<(i64, u32)> {
+    // SAFETY: all-zero is a valid statx.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a valid empty C string and `stx` a valid out pointer.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
+}
+
 /// A file handle from `name_to_handle_at`: opaque bytes plus their type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHandle {
