@@ -292,3 +292,15 @@ fn random_requests_when_fuzzed_then_no_panic_and_replies_well_formed() {
     assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"data");
     still_serves(&f);
 }
+
+#[test]
+fn malformed_burst_when_thousands_then_all_counted_and_server_serves() {
+    let (_d, f) = rw();
+    let before = f.server.malformed_requests();
+    for _ in 0..2000 {
+        let o = f.call_len(op::GETATTR, ROOT_ID, &[0u8; 16], 4096, Some(5));
+        assert_eq!(o.hdr.error, -libc::EINVAL);
+    }
+    assert_eq!(f.server.malformed_requests() - before, 2000);
+    still_serves(&f);
+}
