@@ -239,7 +239,7 @@ impl PassthroughFs {
             let r = match &handle {
                 // SAFETY: `times` is a valid array of two timespecs.
                 Some(h) => unsafe { libc::futimens(h.fd.as_raw_fd(), times.as_ptr()) },
-                None if is_link => return Err(libc::EOPNOTSUPP),
+                None if is_link => self.symlink_times(nodeid, &st, &times)?,
                 // SAFETY: `proc_name` names our own fd; `times` holds two timespecs.
                 None => unsafe {
                     libc::utimensat(
@@ -253,6 +253,35 @@ impl PassthroughFs {
             cvt(r)?;
         }
         sys::fstat(ifd.as_raw_fd()).map_err(|e| errno(&e))
+    }
+
+    /// Sets a symlink's times (lutimes) through its recorded parent and name: there is no
+    /// fd-based call for a symlink itself. The name is checked to still be this inode.
+    fn symlink_times(
+        &self,
+        nodeid: u64,
+        st: &libc::stat64,
+        times: &[libc::timespec; 2],
+    ) -> OpResult<libc::c_int> {
+        let (parent, name) = {
+            let t = lock(&self.inodes);
+            let d = t.get(nodeid).ok_or(libc::ENOENT)?;
+            (d.parent, d.name.clone())
+        };
+        let pfd = self.inode_fd(parent)?;
+        let now = sys::statat(pfd.as_raw_fd(), &name).map_err(|e| errno(&e))?;
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(libc::ESTALE);
+        }
+        // SAFETY: valid C string; `times` holds two timespecs.
+        Ok(unsafe {
+            libc::utimensat(
+                pfd.as_raw_fd(),
+                name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
     }
 
     /// READLINK: the link's text, unresolved.

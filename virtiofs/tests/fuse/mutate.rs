@@ -789,3 +789,32 @@ fn handles_when_cap_reached_then_emfile_and_release_frees() {
     assert_eq!(f.release(ROOT_ID, hs[1], false).unwrap_err(), libc::EBADF);
     assert!(f.read(e.nodeid, hs[1], 0, 1).is_ok());
 }
+
+#[test]
+fn setattr_when_symlink_times_then_link_itself_changes_not_target() {
+    let (d, f) = rw();
+    fs::write(d.path().join("target"), b"").unwrap();
+    let target_mtime = fs::metadata(d.path().join("target")).unwrap().mtime();
+    let l = f.symlink(ROOT_ID, "l", "target").unwrap();
+    let s = abi::SetattrIn {
+        valid: fattr::MTIME | fattr::ATIME,
+        mtime: 123_456,
+        atime: 123_456,
+        ..Default::default()
+    };
+    assert_eq!(f.setattr(l.nodeid, s).unwrap().mtime, 123_456);
+    assert_eq!(
+        fs::symlink_metadata(d.path().join("l")).unwrap().mtime(),
+        123_456
+    );
+    assert_eq!(
+        fs::metadata(d.path().join("target")).unwrap().mtime(),
+        target_mtime
+    );
+    let m = abi::SetattrIn {
+        valid: fattr::MODE,
+        mode: 0o777,
+        ..Default::default()
+    };
+    assert_eq!(f.setattr(l.nodeid, m).unwrap_err(), libc::EOPNOTSUPP);
+}
