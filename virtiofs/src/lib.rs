@@ -33,7 +33,5 @@ mod dispatch;
 mod passthrough;
 mod ratelimit;
 mod server;
-#[cfg(test)]
-mod tests;
 
 pub use server::{CachePolicy, IdMap, Server, ServerError, ShareOptions, DEFAULT_MAX_WRITE};

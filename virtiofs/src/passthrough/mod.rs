@@ -17,6 +17,7 @@ mod inodes;
 mod ops;
 mod readdir;
 pub(crate) mod sys;
+mod xattr;
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -28,8 +29,9 @@ use crate::server::{IdMap, ShareOptions};
 use inodes::{FdCache, InodeData, InodeTable};
 use sys::FileHandle;
 
-pub use ops::{Ctx, SetattrArgs, XattrReply};
+pub use ops::{Ctx, SetattrArgs};
 pub use readdir::EntryMaker;
+pub use xattr::XattrReply;
 
 /// An errno.
 pub type Errno = i32;

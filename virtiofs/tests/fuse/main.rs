@@ -5,6 +5,7 @@ mod harness;
 mod basic;
 mod concurrency;
 mod hostile;
+mod io;
 mod malformed;
 mod mutate;
 mod readonly;
