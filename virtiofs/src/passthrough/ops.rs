@@ -450,7 +450,19 @@ impl PassthroughFs {
         if self.read_only && (acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Err(libc::EROFS);
         }
-        Ok(flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW))
+        // Only flags that make sense for reopening a regular file or directory: no O_PATH,
+        // O_TMPFILE, O_CREAT/O_EXCL (CREATE adds those itself), O_NOFOLLOW (the magic link
+        // must be followed), O_ASYNC or O_NOCTTY.
+        let allowed = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_DSYNC
+            | libc::O_SYNC
+            | libc::O_DIRECT
+            | libc::O_LARGEFILE
+            | libc::O_NOATIME
+            | libc::O_TRUNC;
+        Ok(flags & allowed)
     }
 
     /// OPEN: returns the file handle.

@@ -301,3 +301,21 @@ fn open_when_host_has_device_or_fifo_then_not_opened() {
         );
     }
 }
+
+#[test]
+fn open_when_odd_flags_then_stripped_to_plain_file_open() {
+    let (d, f) = rw();
+    std::fs::write(d.path().join("a"), b"abc").unwrap();
+    let e = f.lookup(ROOT_ID, "a").unwrap();
+    // O_PATH would give a handle that cannot read; O_TMPFILE on the root would make a file.
+    let fh = f
+        .open(
+            e.nodeid,
+            (libc::O_RDONLY | libc::O_PATH | libc::O_ASYNC) as u32,
+        )
+        .unwrap();
+    assert_eq!(f.read(e.nodeid, fh, 0, 3).unwrap(), b"abc");
+    let r = f.open(ROOT_ID, (libc::O_RDWR | libc::O_TMPFILE) as u32);
+    assert_eq!(r.unwrap_err(), libc::EISDIR);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+}
