@@ -54,6 +54,23 @@ fn xattr_name(b: &[u8]) -> OpResult<(&CStr, &[u8])> {
     }
 }
 
+/// Requires that nothing follows the last argument: a name with an embedded NUL ("a\0b")
+/// would otherwise silently mean "a".
+fn end(rest: &[u8]) -> OpResult<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(libc::EINVAL)
+    }
+}
+
+/// A name that must be the last argument.
+fn last_name(b: &[u8]) -> OpResult<&CStr> {
+    let (n, rest) = name(b)?;
+    end(rest)?;
+    Ok(n)
+}
+
 fn ok<T: ByteValued>(v: T) -> Reply {
     Reply::Ok(bytes_of(&v).to_vec())
 }
@@ -161,7 +178,7 @@ impl Server {
                 Reply::None
             }
             op::LOOKUP => {
-                to_reply(name(body).and_then(|(nm, _)| self.entry_reply(fs.lookup(n, nm))))
+                to_reply(last_name(body).and_then(|nm| self.entry_reply(fs.lookup(n, nm))))
             }
             op::GETATTR => to_reply((|| {
                 let (g, _) = arg::<abi::GetattrIn>(body)?;
@@ -175,7 +192,8 @@ impl Server {
             op::READLINK => to_reply(fs.readlink(n).map(Reply::Ok)),
             op::SYMLINK => to_reply((|| {
                 let (nm, rest) = name(body)?;
-                let (target, _) = cstr(rest)?;
+                let (target, rest) = cstr(rest)?;
+                end(rest)?;
                 if target.to_bytes().is_empty() {
                     return Err(libc::ENOENT);
                 }
@@ -186,22 +204,22 @@ impl Server {
             })()),
             op::MKNOD => to_reply((|| {
                 let (m, rest) = arg::<abi::MknodIn>(body)?;
-                let (nm, _) = name(rest)?;
+                let nm = last_name(rest)?;
                 self.entry_reply(fs.mknod(ctx, n, nm, m.mode, m.rdev))
             })()),
             op::MKDIR => to_reply((|| {
                 let (m, rest) = arg::<abi::MkdirIn>(body)?;
-                let (nm, _) = name(rest)?;
+                let nm = last_name(rest)?;
                 self.entry_reply(fs.mkdir(ctx, n, nm, m.mode))
             })()),
             op::UNLINK => to_reply(
-                name(body)
-                    .and_then(|(nm, _)| fs.unlink(n, nm))
+                last_name(body)
+                    .and_then(|nm| fs.unlink(n, nm))
                     .map(|()| Reply::Ok(vec![])),
             ),
             op::RMDIR => to_reply(
-                name(body)
-                    .and_then(|(nm, _)| fs.rmdir(n, nm))
+                last_name(body)
+                    .and_then(|nm| fs.rmdir(n, nm))
                     .map(|()| Reply::Ok(vec![])),
             ),
             op::RENAME | op::RENAME2 => to_reply((|| {
@@ -213,13 +231,13 @@ impl Server {
                     (r.newdir, r.flags, rest)
                 };
                 let (old, rest) = name(rest)?;
-                let (new, _) = name(rest)?;
+                let new = last_name(rest)?;
                 fs.rename(n, old, newdir, new, flags)?;
                 Ok(Reply::Ok(vec![]))
             })()),
             op::LINK => to_reply((|| {
                 let (l, rest) = arg::<abi::LinkIn>(body)?;
-                let (nm, _) = name(rest)?;
+                let nm = last_name(rest)?;
                 self.entry_reply(fs.link(l.oldnodeid, n, nm))
             })()),
             op::OPEN => to_reply((|| {
@@ -228,7 +246,7 @@ impl Server {
             })()),
             op::CREATE => to_reply((|| {
                 let (c, rest) = arg::<abi::CreateIn>(body)?;
-                let (nm, _) = name(rest)?;
+                let nm = last_name(rest)?;
                 let (id, st, fh) = fs.create(ctx, n, nm, c.mode, c.flags)?;
                 let mut b = bytes_of(&self.entry_out(id, &st)).to_vec();
                 b.extend_from_slice(bytes_of(&self.open_out(fh, false)));
@@ -309,7 +327,9 @@ impl Server {
                 if size > XATTR_SIZE_MAX {
                     return Err(libc::E2BIG);
                 }
-                let value = value.get(..size).ok_or(libc::EINVAL)?;
+                if value.len() != size {
+                    return Err(libc::EINVAL);
+                }
                 fs.setxattr(n, nm, value, flags)?;
                 Ok(Reply::Ok(vec![]))
             })()),
@@ -320,7 +340,8 @@ impl Server {
                     return Err(libc::EINVAL);
                 }
                 let r = if h.opcode == op::GETXATTR {
-                    let (nm, _) = xattr_name(rest)?;
+                    let (nm, rest) = xattr_name(rest)?;
+                    end(rest)?;
                     fs.getxattr(n, nm, size)?
                 } else {
                     fs.listxattr(n, size)?
@@ -335,7 +356,8 @@ impl Server {
             })()),
             op::REMOVEXATTR => to_reply(
                 xattr_name(body)
-                    .and_then(|(nm, _)| fs.removexattr(n, nm))
+                    .and_then(|(nm, rest)| end(rest).map(|()| nm))
+                    .and_then(|nm| fs.removexattr(n, nm))
                     .map(|()| Reply::Ok(vec![])),
             ),
             op::OPENDIR => to_reply((|| {

@@ -23,6 +23,9 @@ pub struct InodeData {
     pub refcount: u64,
     /// The file handle, when handles are in use and the file system supports them.
     pub handle: Option<FileHandle>,
+    /// Without a handle: the birth time, so a re-walk or a later lookup can tell this file
+    /// from a newer one that reuses its inode number.
+    pub btime: Option<(i64, u32)>,
     /// The node id of the directory it was last found in, and the name there.
     pub parent: u64,
     /// See `parent`.
@@ -63,7 +66,7 @@ impl InodeTable {
         let key = (data.dev, data.ino);
         if let Some(&id) = self.by_key.get(&key) {
             if let Some(known) = self.map.get_mut(&id) {
-                if known.handle == data.handle {
+                if known.handle == data.handle && known.btime == data.btime {
                     known.refcount += 1;
                     known.parent = data.parent;
                     known.name = data.name;
@@ -212,6 +215,7 @@ mod tests {
             ino,
             refcount: 0,
             handle: None,
+            btime: None,
             parent: 1,
             name: CString::new("f").unwrap(),
         }

@@ -17,6 +17,7 @@ mod inodes;
 mod ops;
 mod readdir;
 pub(crate) mod sys;
+mod xattr;
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -28,8 +29,9 @@ use crate::server::{IdMap, ShareOptions};
 use inodes::{FdCache, InodeData, InodeTable};
 use sys::FileHandle;
 
-pub use ops::{Ctx, SetattrArgs, XattrReply};
+pub use ops::{Ctx, SetattrArgs};
 pub use readdir::EntryMaker;
+pub use xattr::XattrReply;
 
 /// An errno.
 pub type Errno = i32;
@@ -106,10 +108,24 @@ impl PassthroughFs {
         let mut root = sys::openat(libc::AT_FDCWD, &path, libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(OpenError::Source)?;
         let is_root = sys::geteuid() == 0;
-        if opts.read_only && is_root {
-            // The kernel refuses writes through a read-only mount whatever the server's
-            // checks say. Only root may clone mounts; others rely on those checks alone.
-            root = sys::readonly_tree(root.as_raw_fd()).map_err(OpenError::ReadOnlyTree)?;
+        if is_root {
+            // A private clone of the share's mounts on which the kernel refuses what the
+            // server's own checks also refuse: writes on read-only shares, and device nodes
+            // (nodev) and set-id bits (nosuid) everywhere. Only root may clone mounts;
+            // others rely on the server's checks alone.
+            let base = sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOSUID;
+            if opts.read_only {
+                root = sys::clone_tree(root.as_raw_fd(), base | sys::MOUNT_ATTR_RDONLY)
+                    .map_err(OpenError::ReadOnlyTree)?;
+            } else {
+                match sys::clone_tree(root.as_raw_fd(), base) {
+                    Ok(tree) => root = tree,
+                    Err(e) => log::warn!(
+                        "virtio-fs: no nodev clone of {}: {e}; relying on the server's checks",
+                        opts.source.display()
+                    ),
+                }
+            }
         }
         let st = sys::fstat(root.as_raw_fd()).map_err(OpenError::Source)?;
         let proc_fd = sys::openat(
@@ -122,9 +138,7 @@ impl PassthroughFs {
         let use_handles =
             is_root && opts.use_file_handles && sys::name_to_handle(root.as_raw_fd()).is_ok();
         let root = Arc::new(root);
-        let mut mount_fds = std::collections::HashMap::new();
-        mount_fds.insert(st.st_dev, root.clone());
-        Ok(Self {
+        let fs = Self {
             root,
             root_dev: st.st_dev,
             root_ino: st.st_ino,
@@ -135,14 +149,32 @@ impl PassthroughFs {
             uid_map: opts.uid_map,
             gid_map: opts.gid_map,
             max_handles: opts.max_handles,
-            mount_fds: Mutex::new(mount_fds),
+            mount_fds: Mutex::new(std::collections::HashMap::new()),
             inodes: Mutex::new(InodeTable::new()),
             fds: Mutex::new(FdCache::new(opts.fd_cache_size)),
             handles: Mutex::new(Handles {
                 map: std::collections::HashMap::new(),
                 next: 1,
             }),
-        })
+        };
+        if fs.use_handles {
+            fs.note_mount(st.st_dev, fs.root.as_raw_fd());
+        }
+        Ok(fs)
+    }
+
+    /// Remembers a directory fd on file system `dev` for `open_by_handle_at`, which takes a
+    /// real (not O_PATH) fd as its mount fd. Directories only: every file system below the
+    /// root is entered through its root directory, and opening a directory has no side
+    /// effects. One fd per file system, so bounded by the mounts beneath the share.
+    fn note_mount(&self, dev: u64, dir: RawFd) {
+        let mut m = lock(&self.mount_fds);
+        if m.contains_key(&dev) {
+            return;
+        }
+        if let Ok(fd) = self.reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
+            m.insert(dev, Arc::new(fd));
+        }
     }
 
     /// Whether inodes are remembered by file handles (else by parent and name).
@@ -193,6 +225,10 @@ impl PassthroughFs {
         if st.st_dev != data.dev || st.st_ino != data.ino {
             return Err(libc::ESTALE);
         }
+        if data.handle.is_none() && data.btime.is_some() && sys::btime(fd.as_raw_fd()) != data.btime
+        {
+            return Err(libc::ESTALE);
+        }
         let fd = Arc::new(fd);
         lock(&self.fds).insert(id, fd.clone());
         Ok(fd)
@@ -224,12 +260,15 @@ impl PassthroughFs {
         } else {
             None
         };
-        let fd = Arc::new(fd);
-        if handle.is_some() {
-            lock(&self.mount_fds)
-                .entry(st.st_dev)
-                .or_insert_with(|| fd.clone());
+        let btime = if handle.is_none() {
+            sys::btime(fd.as_raw_fd())
+        } else {
+            None
+        };
+        if handle.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            self.note_mount(st.st_dev, fd.as_raw_fd());
         }
+        let fd = Arc::new(fd);
         let id = if st.st_dev == self.root_dev && st.st_ino == self.root_ino {
             // The root reached again (e.g. through a host bind mount): keep one id for it.
             ROOT_ID
@@ -239,6 +278,7 @@ impl PassthroughFs {
                 ino: st.st_ino,
                 refcount: 1,
                 handle,
+                btime,
                 parent,
                 name: name.to_owned(),
             })
@@ -333,5 +373,57 @@ impl PassthroughFs {
             blksize: st.st_blksize as u32,
             flags: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_share_when_root_then_kernel_refuses_writes_beneath_it() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let fs = PassthroughFs::new(&ShareOptions::new(d.path(), true)).unwrap();
+        let (id, _) = fs.do_lookup(ROOT_ID, c"f").unwrap();
+        let fd = fs.inode_fd(id).unwrap();
+        // Straight to the kernel, past the server's own EROFS checks.
+        let w = fs.reopen(fd.as_raw_fd(), libc::O_WRONLY);
+        let mk = sys::openat(
+            fs.root.as_raw_fd(),
+            c"new",
+            libc::O_CREAT | libc::O_WRONLY,
+            0o644,
+        );
+        if sys::geteuid() == 0 {
+            assert_eq!(w.unwrap_err(), libc::EROFS);
+            assert_eq!(mk.unwrap_err().raw_os_error(), Some(libc::EROFS));
+        } else {
+            // Without CAP_SYS_ADMIN there is no read-only mount clone; only the server's
+            // checks stand between the guest and the files.
+            assert!(w.is_ok());
+            assert!(mk.is_ok());
+        }
+        // The host's own view of the directory stays writable.
+        std::fs::write(d.path().join("host"), b"y").unwrap();
+    }
+
+    #[test]
+    fn id_map_when_in_and_out_of_range_then_mapped_or_overflow() {
+        let m = IdMap {
+            guest_base: 0,
+            host_base: 100_000,
+            count: 1000,
+        };
+        assert_eq!(m.to_host(5), 100_005);
+        assert_eq!(m.to_guest(100_999), 999);
+        assert_eq!(m.to_host(1000), IdMap::OVERFLOW_ID);
+        assert_eq!(m.to_guest(5), IdMap::OVERFLOW_ID);
+        let edge = IdMap {
+            guest_base: 10,
+            host_base: u32::MAX - 1,
+            count: 5,
+        };
+        assert_eq!(edge.to_host(13), IdMap::OVERFLOW_ID);
     }
 }

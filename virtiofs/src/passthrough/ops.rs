@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use super::{errno, lock, sys, OpResult, PassthroughFs};
 use crate::abi::{self, fattr};
@@ -70,16 +70,7 @@ struct Creds {
     _umask: Option<UmaskGuard>,
 }
 
-/// GETXATTR/LISTXATTR result: the size (for a size-0 probe) or the data.
-#[derive(Debug, PartialEq, Eq)]
-pub enum XattrReply {
-    /// The size the value needs.
-    Size(u32),
-    /// The value.
-    Data(Vec<u8>),
-}
-
-fn cvt(r: libc::c_int) -> OpResult<()> {
+pub(super) fn cvt(r: libc::c_int) -> OpResult<()> {
     if r < 0 {
         Err(errno(&std::io::Error::last_os_error()))
     } else {
@@ -87,7 +78,7 @@ fn cvt(r: libc::c_int) -> OpResult<()> {
     }
 }
 
-fn cvt_size(r: isize) -> OpResult<usize> {
+pub(super) fn cvt_size(r: isize) -> OpResult<usize> {
     if r < 0 {
         Err(errno(&std::io::Error::last_os_error()))
     } else {
@@ -115,7 +106,7 @@ impl PassthroughFs {
         })
     }
 
-    fn ro(&self) -> OpResult<()> {
+    pub(super) fn ro(&self) -> OpResult<()> {
         if self.read_only {
             Err(libc::EROFS)
         } else {
@@ -239,7 +230,7 @@ impl PassthroughFs {
             let r = match &handle {
                 // SAFETY: `times` is a valid array of two timespecs.
                 Some(h) => unsafe { libc::futimens(h.fd.as_raw_fd(), times.as_ptr()) },
-                None if is_link => return Err(libc::EOPNOTSUPP),
+                None if is_link => self.symlink_times(nodeid, &st, &times)?,
                 // SAFETY: `proc_name` names our own fd; `times` holds two timespecs.
                 None => unsafe {
                     libc::utimensat(
@@ -253,6 +244,35 @@ impl PassthroughFs {
             cvt(r)?;
         }
         sys::fstat(ifd.as_raw_fd()).map_err(|e| errno(&e))
+    }
+
+    /// Sets a symlink's times (lutimes) through its recorded parent and name: there is no
+    /// fd-based call for a symlink itself. The name is checked to still be this inode.
+    fn symlink_times(
+        &self,
+        nodeid: u64,
+        st: &libc::stat64,
+        times: &[libc::timespec; 2],
+    ) -> OpResult<libc::c_int> {
+        let (parent, name) = {
+            let t = lock(&self.inodes);
+            let d = t.get(nodeid).ok_or(libc::ENOENT)?;
+            (d.parent, d.name.clone())
+        };
+        let pfd = self.inode_fd(parent)?;
+        let now = sys::statat(pfd.as_raw_fd(), &name).map_err(|e| errno(&e))?;
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(libc::ESTALE);
+        }
+        // SAFETY: valid C string; `times` holds two timespecs.
+        Ok(unsafe {
+            libc::utimensat(
+                pfd.as_raw_fd(),
+                name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
     }
 
     /// READLINK: the link's text, unresolved.
@@ -297,6 +317,14 @@ impl PassthroughFs {
         rdev: u32,
     ) -> OpResult<(u64, libc::stat64)> {
         self.ro()?;
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
+            // Device nodes in a host directory are a hazard for the host's own users of
+            // it; the guest never needs them here (its kernel opens device inodes itself,
+            // never through the server).
+            libc::S_IFCHR | libc::S_IFBLK => return Err(libc::EPERM),
+            _ => return Err(libc::EINVAL),
+        }
         let pfd = self.inode_fd(parent)?;
         {
             let _c = self.creds(ctx)?;
@@ -422,7 +450,19 @@ impl PassthroughFs {
         if self.read_only && (acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Err(libc::EROFS);
         }
-        Ok(flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW))
+        // Only flags that make sense for reopening a regular file or directory: no O_PATH,
+        // O_TMPFILE, O_CREAT/O_EXCL (CREATE adds those itself), O_NOFOLLOW (the magic link
+        // must be followed), O_ASYNC or O_NOCTTY.
+        let allowed = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_DSYNC
+            | libc::O_SYNC
+            | libc::O_DIRECT
+            | libc::O_LARGEFILE
+            | libc::O_NOATIME
+            | libc::O_TRUNC;
+        Ok(flags & allowed)
     }
 
     /// OPEN: returns the file handle.
@@ -430,10 +470,15 @@ impl PassthroughFs {
         let flags = self.check_open_flags(flags)?;
         let fd = self.inode_fd(nodeid)?;
         let st = sys::fstat(fd.as_raw_fd()).map_err(|e| errno(&e))?;
+        // The guest kernel opens fifos, sockets and device inodes itself; OPEN only comes for
+        // regular files, so nothing else is ever opened on the host (opening a device or a
+        // fifo there could block the queue or have side effects).
         match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
             libc::S_IFLNK => return Err(libc::ELOOP),
-            libc::S_IFDIR if flags & libc::O_ACCMODE != libc::O_RDONLY => return Err(libc::EISDIR),
-            _ => {}
+            libc::S_IFDIR if flags & libc::O_ACCMODE == libc::O_RDONLY => {}
+            libc::S_IFDIR => return Err(libc::EISDIR),
+            _ => return Err(libc::ENXIO),
         }
         let f = self.reopen(fd.as_raw_fd(), flags)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -567,83 +612,6 @@ impl PassthroughFs {
         let d = self.reopen(self.root.as_raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         // SAFETY: plain syscall on an fd we own.
         cvt(unsafe { libc::syncfs(d.as_raw_fd()) })
-    }
-
-    /// An fd for xattr calls: regular files and directories reopened read-only (the f*xattr
-    /// calls do not take O_PATH fds). Other types (symlinks, devices, fifos) are not opened:
-    /// opening a device can have side effects.
-    fn xattr_fd(&self, nodeid: u64) -> OpResult<Option<OwnedFd>> {
-        let fd = self.inode_fd(nodeid)?;
-        let st = sys::fstat(fd.as_raw_fd()).map_err(|e| errno(&e))?;
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG | libc::S_IFDIR => self
-                .reopen(fd.as_raw_fd(), libc::O_RDONLY | libc::O_NONBLOCK)
-                .map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    /// SETXATTR.
-    pub fn setxattr(&self, nodeid: u64, name: &CStr, value: &[u8], flags: u32) -> OpResult<()> {
-        self.ro()?;
-        let f = self.xattr_fd(nodeid)?.ok_or(libc::EPERM)?;
-        // SAFETY: valid C string and value buffer.
-        cvt(unsafe {
-            libc::fsetxattr(
-                f.as_raw_fd(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags as libc::c_int,
-            )
-        })
-    }
-
-    /// GETXATTR: with `size` 0 the size of the value, else the value (ERANGE if larger).
-    pub fn getxattr(&self, nodeid: u64, name: &CStr, size: usize) -> OpResult<XattrReply> {
-        let Some(f) = self.xattr_fd(nodeid)? else {
-            return Err(libc::ENODATA);
-        };
-        let mut buf = vec![0u8; size];
-        // SAFETY: `buf` is valid for `size` bytes (a null-length probe when 0).
-        let n = cvt_size(unsafe {
-            libc::fgetxattr(f.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
-        })?;
-        Ok(if size == 0 {
-            XattrReply::Size(n as u32)
-        } else {
-            buf.truncate(n);
-            XattrReply::Data(buf)
-        })
-    }
-
-    /// LISTXATTR: like GETXATTR, for the NUL-separated name list.
-    pub fn listxattr(&self, nodeid: u64, size: usize) -> OpResult<XattrReply> {
-        let Some(f) = self.xattr_fd(nodeid)? else {
-            return Ok(if size == 0 {
-                XattrReply::Size(0)
-            } else {
-                XattrReply::Data(Vec::new())
-            });
-        };
-        let mut buf = vec![0u8; size];
-        // SAFETY: `buf` is valid for `size` bytes.
-        let n =
-            cvt_size(unsafe { libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), size) })?;
-        Ok(if size == 0 {
-            XattrReply::Size(n as u32)
-        } else {
-            buf.truncate(n);
-            XattrReply::Data(buf)
-        })
-    }
-
-    /// REMOVEXATTR.
-    pub fn removexattr(&self, nodeid: u64, name: &CStr) -> OpResult<()> {
-        self.ro()?;
-        let f = self.xattr_fd(nodeid)?.ok_or(libc::EPERM)?;
-        // SAFETY: valid C string.
-        cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) })
     }
 
     /// OPENDIR.

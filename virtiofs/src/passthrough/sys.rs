@@ -46,6 +46,26 @@ pub fn statat(dir: RawFd, name: &CStr) -> io::Result<libc::stat64> {
     Ok(st)
 }
 
+/// The birth time of what `fd` is (statx STATX_BTIME), when the file system records one.
+/// Used where no file handle is available to tell a file from a later one that got the
+/// same inode number.
+pub fn btime(fd: RawFd) -> Option<(i64, u32)> {
+    // SAFETY: all-zero is a valid statx.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a valid empty C string and `stx` a valid out pointer.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
+}
+
 /// A file handle from `name_to_handle_at`: opaque bytes plus their type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHandle {
@@ -153,7 +173,12 @@ pub fn fstatvfs(fd: RawFd) -> io::Result<libc::statvfs64> {
 }
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOUNT_ATTR_RDONLY: u64 = 1;
+/// `MOUNT_ATTR_RDONLY`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID`.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV`.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 #[repr(C)]
 struct MountAttr {
@@ -163,10 +188,10 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// A detached, read-only clone of the mount tree at `dir` (open_tree + mount_setattr), so the
-/// kernel itself refuses writes beneath it whatever the server gets wrong. Needs
-/// CAP_SYS_ADMIN.
-pub fn readonly_tree(dir: RawFd) -> io::Result<OwnedFd> {
+/// A detached clone of the mount tree at `dir` (open_tree + mount_setattr) with the mount
+/// attributes `attrs` set (e.g. read-only, nodev), so the kernel itself enforces them
+/// beneath it whatever the server gets wrong. Needs CAP_SYS_ADMIN.
+pub fn clone_tree(dir: RawFd, attrs: u64) -> io::Result<OwnedFd> {
     // SAFETY: the path is a valid empty C string; flags are plain values.
     let fd = unsafe {
         libc::syscall(
@@ -185,7 +210,7 @@ pub fn readonly_tree(dir: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: a fresh fd nobody else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: attrs,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,

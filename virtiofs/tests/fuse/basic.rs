@@ -347,3 +347,26 @@ fn statfs_when_root_then_host_numbers() {
     assert_eq!(s.namelen, 255);
     assert!(s.bsize > 0);
 }
+
+#[test]
+fn server_new_when_source_missing_or_option_bad_then_named_error() {
+    use virtiofs::{Server, ServerError};
+    let e = Server::new(ShareOptions::new("/nonexistent/virtiofs-share", true)).unwrap_err();
+    assert!(matches!(e, ServerError::OpenSharedDir { .. }), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/virtiofs-share"));
+    let d = tempfile::tempdir().unwrap();
+    let mut o = ShareOptions::new(d.path(), false);
+    o.max_write = 100;
+    let e = Server::new(o).unwrap_err();
+    assert!(e.to_string().contains("max_write"), "{e}");
+    let mut o = ShareOptions::new(d.path(), false);
+    o.max_handles = 0;
+    assert!(Server::new(o)
+        .unwrap_err()
+        .to_string()
+        .contains("max_handles"));
+    // A file is not a share.
+    std::fs::write(d.path().join("f"), b"").unwrap();
+    let e = Server::new(ShareOptions::new(d.path().join("f"), false)).unwrap_err();
+    assert!(matches!(e, ServerError::OpenSharedDir { .. }), "{e:?}");
+}

@@ -3,4 +3,9 @@
 mod harness;
 
 mod basic;
+mod concurrency;
+mod hostile;
+mod io;
+mod malformed;
 mod mutate;
+mod readonly;
