@@ -177,9 +177,18 @@ impl Server {
                 }
                 Reply::None
             }
-            op::LOOKUP => {
-                to_reply(last_name(body).and_then(|nm| self.entry_reply(fs.lookup(n, nm))))
-            }
+            op::LOOKUP => to_reply(last_name(body).and_then(|nm| match fs.lookup(n, nm) {
+                // On an immutable share a missing name stays missing: answer with node id 0
+                // and the entry timeout, which the guest caches as a negative dentry (the
+                // dynamic linker probes many absent paths in a store).
+                Err(libc::ENOENT) if self.opts.cache == CachePolicy::Immutable => {
+                    Ok(ok(abi::EntryOut {
+                        entry_valid: self.timeouts().0,
+                        ..Default::default()
+                    }))
+                }
+                r => self.entry_reply(r),
+            })),
             op::GETATTR => to_reply((|| {
                 let (g, _) = arg::<abi::GetattrIn>(body)?;
                 let fh = (g.getattr_flags & abi::GETATTR_FH != 0).then_some(g.fh);

@@ -11,7 +11,8 @@
 //! - Requests before INIT, and a second INIT, get EIO; DESTROY ends the session (all node
 //!   ids and handles dropped) and a new INIT may follow.
 //! - An unknown node id gets ENOENT, an unknown or mismatched file handle EBADF, a stale
-//!   node (its file replaced on the host) ESTALE.
+//!   node (its file replaced on the host) ESTALE. On an immutable share a LOOKUP of a
+//!   missing name succeeds with node id 0 (a cached negative entry) instead of ENOENT.
 //! - Names must be one component: "", ".", "..", anything with '/' or an embedded NUL get
 //!   EINVAL, more than 255 bytes ENAMETOOLONG. EXPORT_SUPPORT is therefore not offered.
 //! - INTERRUPT gets no reply and does nothing: each request is served to completion before

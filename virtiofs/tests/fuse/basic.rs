@@ -370,3 +370,18 @@ fn server_new_when_source_missing_or_option_bad_then_named_error() {
     let e = Server::new(ShareOptions::new(d.path().join("f"), false)).unwrap_err();
     assert!(matches!(e, ServerError::OpenSharedDir { .. }), "{e:?}");
 }
+
+#[test]
+fn lookup_when_missing_on_immutable_share_then_negative_entry_with_timeout() {
+    let (_d, f) = ro();
+    let e = f.lookup(ROOT_ID, "absent").unwrap();
+    assert_eq!(e.nodeid, 0);
+    assert_eq!(e.entry_valid, 86_400);
+    assert_eq!(
+        f.server.counts().0,
+        0,
+        "no node id held for a negative entry"
+    );
+    // Other errors stay errors.
+    assert_eq!(f.lookup(ROOT_ID, "..").unwrap_err(), libc::EINVAL);
+}
