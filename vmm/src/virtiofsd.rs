@@ -154,9 +154,13 @@ pub fn run(args: VirtiofsdArgs) -> RunExit {
 }
 
 fn serve(args: VirtiofsdArgs) -> Result<(), VirtiofsdError> {
+    raise_fd_limit();
     let cache = args.cache;
+    // The servers of one process share its fd limit: each gets its part of the handle cap.
+    let servers = args.share.len().max(1);
     let options = |dir: PathBuf, read_only: bool| {
         let mut opts = ShareOptions::new(dir, read_only);
+        opts.max_handles = (opts.max_handles / servers).max(1);
         match cache {
             CacheMode::Auto => {}
             CacheMode::Always => opts.cache = CachePolicy::Immutable,
@@ -189,6 +193,28 @@ fn serve(args: VirtiofsdArgs) -> Result<(), VirtiofsdError> {
             .collect::<Result<_, VirtiofsdError>>()?
     };
     daemon::serve(shares, args.sandbox).map_err(VirtiofsdError::Serve)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: open FUSE handles hold fds, and the
+/// handle cap is derived from the soft limit (what `ulimit -n` or systemd's LimitNOFILE set
+/// as the hard limit is the operator's bound).
+fn raise_fd_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0;
+    if ok && rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // SAFETY: as above; a failure leaves the old limit, which is still correct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            log::warn!(
+                "virtiofsd: cannot raise the fd limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Binds `path`, replacing a stale socket file (but nothing else).
