@@ -54,7 +54,8 @@
         imports = [ self.nixosModules.default ];
         deployment.targetHost = h.targetHost;
         networking.hostName = host;
-        services.tinyvmm = { enable = true; inherit (h) vms; host = h.host or { }; };
+        # netctl refuses any VM subnet outside this host's range (host.json subnet_range).
+        services.tinyvmm = { enable = true; inherit (h) vms; host = (h.host or { }) // { inherit (h) subnetRange; }; };
       }) fleet;
     };
 }

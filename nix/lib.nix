@@ -101,6 +101,7 @@ let
     tap_group = host.tapGroup or "kvm";
     egress = host.egress or null;
     tailscale_interface = host.tailscaleInterface or null;
+    subnet_range = host.subnetRange or null;
   };
 
   # tinyvmm-storage config (/etc/tinyvmm/storage.json; README "storage").
