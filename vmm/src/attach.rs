@@ -262,10 +262,13 @@ pub fn attach_ged(vm: &VmFd, platform: &mut Platform) -> Result<(), AttachError>
     Ok(())
 }
 
-/// The Firecracker-compatible boot timer at 0xd0000000.
+/// The Firecracker-compatible boot timer at 0xd0000000. Its first write is also the guest's
+/// "reached init" signal for systemd (`READY=1`, [`crate::notify`]).
 pub fn attach_boot_timer(platform: &mut Platform, timing: Timing) -> Result<(), AttachError> {
+    let notified = std::sync::atomic::AtomicBool::new(false);
     let timer = BootTimer::new(timing.start()).with_callback(Box::new(move |elapsed| {
         timing.mark_at(Milestone::BootTimer, elapsed.as_micros());
+        crate::notify::ready_once(&notified, elapsed.as_micros());
     }));
     insert(
         &mut platform.mmio,

@@ -110,7 +110,9 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     attach::attach_acpi_pm(&mut platform)?;
     attach::attach_pvpanic(&mut platform)?;
     attach::attach_ged(&vm, &mut platform)?;
-    if cfg.boot_timer {
+    // Under systemd (`Type=notify`) the boot timer is the readiness signal, so it is there
+    // even when the config does not ask for timing lines.
+    if cfg.boot_timer || crate::notify::enabled() {
         attach::attach_boot_timer(&mut platform, timing)?;
     }
     if cfg.rng {

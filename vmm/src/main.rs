@@ -1,6 +1,6 @@
 //! `tinyvmm`: run or validate a microVM described by a JSON config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -49,6 +49,27 @@ enum Command {
         /// The VM config (JSON).
         config: PathBuf,
     },
+    /// systemd integration (README "Running VMs as systemd services").
+    Systemd {
+        #[command(subcommand)]
+        command: SystemdCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemdCommand {
+    /// Write tinyvmm@.service, tinyvmm-net.service, tinyvmm-storage@.service, tinyvmms.target
+    /// and, per CONFIG, a drop-in with its stop timeout into PREFIX/etc/systemd/system.
+    Install {
+        /// Root to install below (default: /).
+        #[arg(long, default_value = "/")]
+        prefix: PathBuf,
+        /// Where tinyvmm, netctl and tinyvmm-storage are installed, as the units call them.
+        #[arg(long, default_value = "/usr/bin")]
+        bin_dir: PathBuf,
+        /// VM configs to write drop-ins for (e.g. /etc/tinyvmm/vm1.json).
+        configs: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,10 +96,38 @@ fn main() -> ExitCode {
         }
         Command::Validate { config } => vmm::cli::validate(&config),
         Command::Virtiofsd(args) => vmm::virtiofsd::run(args),
+        Command::Systemd {
+            command:
+                SystemdCommand::Install {
+                    prefix,
+                    bin_dir,
+                    configs,
+                },
+        } => systemd_install(&prefix, &bin_dir, &configs),
     };
     match code {
         RunExit::Poweroff => ExitCode::SUCCESS,
         other => ExitCode::from(other.code() as u8),
+    }
+}
+
+fn systemd_install(prefix: &Path, bin_dir: &Path, configs: &[PathBuf]) -> RunExit {
+    match vmm::systemd::install(prefix, bin_dir, configs) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            println!("run `systemctl daemon-reload` to load them");
+            RunExit::Poweroff
+        }
+        Err(e @ vmm::systemd::InstallError::LoadConfig(..)) => {
+            eprintln!("tinyvmm: {}", vmm::cli::error_chain(&e));
+            RunExit::InvalidConfig
+        }
+        Err(e) => {
+            eprintln!("tinyvmm: error: {}", vmm::cli::error_chain(&e));
+            RunExit::Error
+        }
     }
 }
 

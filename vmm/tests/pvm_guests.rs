@@ -531,3 +531,41 @@ fn run_when_external_socket_never_appears_then_error_names_the_share() {
     assert!(err.contains("share ghost"), "{err}");
     assert!(err.contains("none.sock"), "{err}");
 }
+
+#[test]
+fn run_when_notify_socket_set_and_guest_hits_boot_timer_then_ready_sent() {
+    // Arrange: a config without `boot_timer` (systemd's NOTIFY_SOCKET alone attaches it) and
+    // a datagram socket standing where systemd's would be.
+    let f = Fixture::new();
+    let kernel = f.guest("boot_timer");
+    let cfg = f.dir.path().join("nt.json");
+    let json = format!(
+        r#"{{"name":"nt","vcpus":1,"memory_mib":64,"kernel":{{"path":"{}"}},"serial":"none"}}"#,
+        kernel.display()
+    );
+    std::fs::write(&cfg, json).unwrap();
+    let sock_path = f.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    // Act
+    let child = f
+        .command(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .spawn()
+        .unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+
+    // Assert: exit 0 and exactly one READY=1 datagram (the guest writes the timer once).
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1 from tinyvmm");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        msg.starts_with("READY=1\nSTATUS=guest reached init after "),
+        "{msg}"
+    );
+    sock.set_nonblocking(true).unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "a second datagram arrived");
+}
