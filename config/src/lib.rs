@@ -21,8 +21,8 @@ pub use fleet::{check_fleet, FleetProblem};
 pub use lock::{default_run_dir, is_running, LockError, RunLock};
 pub use parse::{deserialize, load, load_with, parse, parse_unchecked, parse_with};
 pub use types::{
-    Ipv4Cidr, KernelConfig, MacAddr, MmioDiscovery, NetConfig, SerialConfig, ShareConfig,
-    StorageConfig, VmConfig, DEFAULT_CMDLINE,
+    CacheConfig, Ipv4Cidr, KernelConfig, MacAddr, MmioDiscovery, NetConfig, SerialConfig,
+    ShareConfig, StorageConfig, VmConfig, VolumeConfig, DEFAULT_CMDLINE,
 };
 pub use validate::{validate, validate_with, Checks};
 

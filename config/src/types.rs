@@ -46,6 +46,9 @@ pub struct VmConfig {
     pub network: Vec<NetConfig>,
     #[serde(default)]
     pub shares: Vec<ShareConfig>,
+    /// virtio-blk disks, in slot order after the other virtio devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
     #[serde(default)]
@@ -58,9 +61,9 @@ impl VmConfig {
         DEFAULT_CMDLINE
     }
 
-    /// Number of virtio-mmio devices this config asks for (rng + network + shares).
+    /// Number of virtio-mmio devices this config asks for (rng + network + shares + volumes).
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.rng) + self.network.len() + self.shares.len()
+        usize::from(self.rng) + self.network.len() + self.shares.len() + self.volumes.len()
     }
 }
 
@@ -175,15 +178,48 @@ pub struct NetConfig {
     pub gateway: Option<Ipv4Addr>,
 }
 
-/// One virtio-fs share of a host directory.
+/// One virtio-fs share: a host directory served by tinyvmm's own server (`source`), or an
+/// external vhost-user-fs backend such as upstream virtiofsd (`socket`). Exactly one of the
+/// two is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShareConfig {
     /// Mount tag seen by the guest (<= 36 bytes, the virtio-fs config space limit).
     pub tag: String,
-    pub source: PathBuf,
+    /// The host directory tinyvmm's embedded server shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// The unix socket of an external vhost-user-fs backend (it decides what is shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Serve `source` read-only (source shares only).
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// One virtio-blk disk: a raw image file or a host block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    pub path: PathBuf,
+    /// The guest sees a read-only disk (VIRTIO_BLK_F_RO); the host opens the file read-only.
+    pub read_only: bool,
+    /// Answer to the guest's GET_ID (`/sys/block/vdX/serial`), at most 20 printable ASCII bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Host caching of a volume's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheConfig {
+    /// O_DIRECT where the file system supports it, else the page cache.
+    None,
+    /// The host page cache; the guest's flush becomes fdatasync.
+    #[default]
+    Writeback,
 }
 
 /// Per-VM dataset policy (storage crate).

@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::path::Path;
 
 use crate::error::Problem;
-use crate::types::{NetConfig, SerialConfig, ShareConfig, VmConfig};
+use crate::types::{NetConfig, SerialConfig, ShareConfig, VmConfig, VolumeConfig};
 
 /// Longest VM name (it names the lock file, the socket and host interfaces).
 pub const MAX_NAME_LEN: usize = 32;
@@ -17,6 +17,8 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 pub const MAX_IFNAME_LEN: usize = 15;
 /// The virtio-fs config space holds a 36-byte tag.
 pub const MAX_TAG_LEN: usize = 36;
+/// The virtio-blk GET_ID answer is 20 bytes.
+pub const MAX_SERIAL_LEN: usize = 20;
 /// GSIs 10..=23 (see the guest layout in arch).
 pub const MAX_VIRTIO_DEVICES: usize = 14;
 /// Linux x86 COMMAND_LINE_SIZE includes the NUL.
@@ -61,6 +63,7 @@ pub fn validate_with(cfg: &VmConfig, checks: Checks) -> Vec<Problem> {
     v.serial(&cfg.serial);
     v.network(&cfg.network);
     v.shares(&cfg.shares);
+    v.volumes(&cfg.volumes);
     v.control_socket(cfg.control_socket.as_deref());
     v.device_count(cfg);
     v.problems
@@ -82,6 +85,20 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     if name.starts_with('-') {
         return Err("must not start with '-'".to_string());
+    }
+    Ok(())
+}
+
+/// A virtio-blk serial: at most 20 bytes of printable ASCII (the guest shows it in sysfs).
+pub fn check_serial(serial: &str) -> Result<(), String> {
+    if serial.len() > MAX_SERIAL_LEN {
+        return Err(format!(
+            "must be at most {MAX_SERIAL_LEN} bytes, got {}",
+            serial.len()
+        ));
+    }
+    if let Some(c) = serial.chars().find(|c| !c.is_ascii_graphic() && *c != ' ') {
+        return Err(format!("may only contain printable ASCII, found {c:?}"));
     }
     Ok(())
 }
@@ -260,20 +277,59 @@ impl Validator {
                 self.push(at("tag"), "must not contain NUL");
             }
             self.report(at("tag"), tags.check(share.tag.as_str(), i));
-            self.directory(&at("source"), &share.source);
+            match (&share.source, &share.socket) {
+                (Some(_), Some(_)) => self.push(
+                    at("socket"),
+                    "give either source (served by tinyvmm) or socket (an external \
+                     vhost-user-fs backend), not both",
+                ),
+                (None, None) => self.push(
+                    at("source"),
+                    "missing: give source (a host directory) or socket (an external \
+                     vhost-user-fs backend)",
+                ),
+                (Some(source), None) => self.directory(&at("source"), source),
+                (None, Some(socket)) => {
+                    self.socket_path(&at("socket"), socket);
+                    if share.read_only {
+                        self.push(
+                            at("read_only"),
+                            "applies to source shares only; an external backend decides \
+                             (e.g. virtiofsd --readonly)",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn volumes(&mut self, volumes: &[VolumeConfig]) {
+        let mut paths = Seen::new("volumes", "path");
+        for (i, vol) in volumes.iter().enumerate() {
+            let at = |field: &str| format!("volumes[{i}].{field}");
+            self.report(at("path"), paths.check(vol.path.display().to_string(), i));
+            self.disk(&at("path"), &vol.path);
+            if let Some(serial) = &vol.serial {
+                self.report(at("serial"), check_serial(serial));
+            }
         }
     }
 
     fn control_socket(&mut self, socket: Option<&Path>) {
         let Some(socket) = socket else { return };
+        self.socket_path("control_socket", socket);
+    }
+
+    /// A unix socket path: short enough for `sun_path`, in an existing directory.
+    fn socket_path(&mut self, at: &str, socket: &Path) {
         let len = socket.as_os_str().len();
         if len > MAX_SOCKET_PATH_LEN {
             self.push(
-                "control_socket",
+                at,
                 format!("is {len} bytes, a unix socket path holds at most {MAX_SOCKET_PATH_LEN}"),
             );
         }
-        self.parent_dir("control_socket", socket);
+        self.parent_dir(at, socket);
     }
 
     fn device_count(&mut self, cfg: &VmConfig) {
@@ -281,18 +337,24 @@ impl Validator {
         if count <= MAX_VIRTIO_DEVICES {
             return;
         }
-        let path = if cfg.shares.is_empty() {
-            "network"
-        } else {
+        let path = if !cfg.volumes.is_empty() {
+            "volumes"
+        } else if !cfg.shares.is_empty() {
             "shares"
+        } else {
+            "network"
         };
         self.push(
             path,
             format!(
-                "{count} virtio devices (rng {} + network {} + shares {}), at most {MAX_VIRTIO_DEVICES}",
+                "{count} virtio devices (rng {} + network {} + shares {}{}), at most {MAX_VIRTIO_DEVICES}",
                 usize::from(cfg.rng),
                 cfg.network.len(),
-                cfg.shares.len()
+                cfg.shares.len(),
+                match cfg.volumes.len() {
+                    0 => String::new(),
+                    n => format!(" + volumes {n}"),
+                }
             ),
         );
     }
@@ -312,6 +374,25 @@ impl Validator {
         match std::fs::metadata(p) {
             Ok(m) if m.is_file() => {}
             Ok(_) => self.push(path, format!("{} is not a regular file", p.display())),
+            Err(e) => self.push(path, format!("{}: {e}", p.display())),
+        }
+    }
+
+    /// A disk image: a regular file or a block device.
+    fn disk(&mut self, path: &str, p: &Path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !self.non_empty(path, p) || !self.checks.files {
+            return;
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+            Ok(_) => self.push(
+                path,
+                format!(
+                    "{} is neither a regular file nor a block device",
+                    p.display()
+                ),
+            ),
             Err(e) => self.push(path, format!("{}: {e}", p.display())),
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::{check_ifname, Egress, Host};
+use crate::model::{check_ifname, Cidr, Egress, Host, VmNet};
 use crate::netlink::{Netlink, Snapshot};
 
 /// Host settings as given on the command line (all optional).
@@ -20,10 +20,14 @@ pub struct HostArgs {
     pub tap_group: Option<String>,
     pub egress: Option<String>,
     pub tailscale_if: Option<String>,
+    /// The VM subnet range this host owns in a fleet (`10.1.0.0/16`): every VM subnet must lie
+    /// inside it (README "Outgrowing one host"). Checked on every plan/apply, not persisted.
+    pub subnet_range: Option<String>,
 }
 
 /// The `--host FILE` JSON: `{"uplink": "eth0", "tap_user": "tinyvmm", "tap_group": "kvm",
-/// "egress": "tcp:80,tcp:443", "tailscale_interface": "tailscale0"}`, every key optional.
+/// "egress": "tcp:80,tcp:443", "tailscale_interface": "tailscale0", "subnet_range": "10.0.0.0/8"}`,
+/// every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HostFile {
@@ -32,6 +36,7 @@ struct HostFile {
     tap_group: Option<String>,
     egress: Option<String>,
     tailscale_interface: Option<String>,
+    subnet_range: Option<String>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -79,7 +84,36 @@ fn merged(args: &HostArgs) -> Result<HostArgs> {
         tap_group: args.tap_group.clone().or(file.tap_group),
         egress: args.egress.clone().or(file.egress),
         tailscale_if: args.tailscale_if.clone().or(file.tailscale_interface),
+        subnet_range: args.subnet_range.clone().or(file.subnet_range),
     })
+}
+
+/// Refuses VM subnets outside the host's `subnet_range` (flag, else host file), naming each.
+pub fn check_subnet_range(args: &HostArgs, nets: &[VmNet]) -> Result<()> {
+    let Some(range) = merged(args)?.subnet_range else {
+        return Ok(());
+    };
+    let range: Cidr = range
+        .parse()
+        .map_err(|e| bad(format!("subnet_range: {e}")))?;
+    let outside: Vec<String> = nets
+        .iter()
+        .filter(|n| n.address.prefix < range.prefix || !range.contains(n.address.network()))
+        .map(|n| {
+            format!(
+                "{}: VM {} subnet {} lies outside this host's subnet_range {}",
+                n.source,
+                n.vm,
+                n.address.subnet_string(),
+                range.subnet_string()
+            )
+        })
+        .collect();
+    if outside.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Validate(outside))
+    }
 }
 
 /// Resolves the effective host settings and checks the uplink exists.
@@ -164,6 +198,44 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(merged(&args), Err(Error::ParseConfig { .. })));
+    }
+
+    fn net(address: &str) -> VmNet {
+        VmNet {
+            vm: "vm1".into(),
+            source: "vm1.json".into(),
+            tap: "vm-vm1".into(),
+            bridge: "br-vm1".into(),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            address: address.parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn subnet_range_when_vm_inside_then_ok_else_refused_naming_vm() {
+        let args = |r: &str| HostArgs {
+            subnet_range: Some(r.into()),
+            ..Default::default()
+        };
+        let nets = [net("10.1.0.2/24")];
+        assert!(check_subnet_range(&args("10.1.0.0/16"), &nets).is_ok());
+        assert!(check_subnet_range(&HostArgs::default(), &nets).is_ok());
+
+        match check_subnet_range(&args("10.2.0.0/16"), &nets) {
+            Err(Error::Validate(p)) => assert_eq!(
+                p,
+                ["vm1.json: VM vm1 subnet 10.1.0.0/24 lies outside this host's subnet_range 10.2.0.0/16"]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A VM subnet wider than the range is outside it too.
+        let wide = [net("10.1.0.2/8")];
+        assert!(check_subnet_range(&args("10.1.0.0/16"), &wide).is_err());
+        assert!(matches!(
+            check_subnet_range(&args("10.1.0.0"), &nets),
+            Err(Error::HostSettings(_))
+        ));
     }
 
     #[test]

@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Args, Clone, Default)]
 struct HostFlags {
-    /// Host settings file (JSON: uplink, tap_user, tap_group, egress, tailscale_interface).
+    /// Host settings file (JSON: uplink, tap_user, tap_group, egress, tailscale_interface, subnet_range).
     #[arg(long = "host")]
     host_file: Option<PathBuf>,
     /// Uplink interface for NAT (default: the last apply's, else the default route's).
@@ -36,6 +36,9 @@ struct HostFlags {
     /// Tailscale interface allowed to reach the VM subnets (default tailscale0).
     #[arg(long)]
     tailscale_if: Option<String>,
+    /// The VM subnet range this host owns (e.g. 10.1.0.0/16): VM subnets outside it are refused.
+    #[arg(long)]
+    subnet_range: Option<String>,
 }
 
 impl From<HostFlags> for HostArgs {
@@ -47,6 +50,7 @@ impl From<HostFlags> for HostArgs {
             tap_group: f.tap_group,
             egress: f.egress,
             tailscale_if: f.tailscale_if,
+            subnet_range: f.subnet_range,
         }
     }
 }

@@ -86,6 +86,7 @@ impl Ctx {
 /// Loads files and computes the plan; checks the ruleset with `nft -c`. Changes nothing.
 pub fn make_plan<P: AsRef<Path>>(ctx: &Ctx, files: &[P], args: &HostArgs) -> Result<Plan> {
     let loaded = source::load_files(files)?;
+    host::check_subnet_range(args, &loaded.nets)?;
     let host = host::resolve(args, ctx.state.host.as_ref(), &ctx.nl, &ctx.snap)?;
     let mut p = plan::plan_apply(&loaded.nets, host, &ctx.observed())?;
     p.notes = loaded.notes;

@@ -66,6 +66,9 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     ("failover", true),
     ("net_failover", true),
     ("virtio_net", true),
+    ("virtio_blk", true),
+    // Read-only store images on virtio-blk (squashfs has no module dependencies).
+    ("squashfs", false),
     ("fuse", true),
     ("virtiofs", true),
     ("rng-core", false),

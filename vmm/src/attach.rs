@@ -13,16 +13,19 @@ use devices::legacy::serial::{is_pollable_input, Serial, SerialInput};
 use devices::legacy::{
     acpi_pm::AcpiPm, boot_timer::BootTimer, ged::Ged, i8042::I8042, pvpanic::PvPanic,
 };
+use devices::virtio::block::{Backend, BackendError, Block, CacheMode, VolumeOptions};
+use devices::virtio::fs::Fs;
 use devices::virtio::net::{Net, NetCounters, NetError, Tap, TapError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use event_manager::SubscriberOps;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmconfig::{MmioDiscovery, NetConfig, SerialConfig, VmConfig};
+use vmconfig::{CacheConfig, MmioDiscovery, NetConfig, SerialConfig, VmConfig, VolumeConfig};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::builder::Subscribers;
 use crate::control::PowerButton;
+use crate::fs_server::{ConnectedShare, FsServer};
 use crate::timing::{Milestone, Timing};
 
 /// Errors attaching a device, named after the device and step.
@@ -76,6 +79,20 @@ pub enum AttachError {
         tap: String,
         #[source]
         source: NetError,
+    },
+    #[error("start the virtio-fs server and connect the shares")]
+    SpawnFsServer(#[source] crate::fs_server::FsServerError),
+    #[error("create the virtio-fs device of share {tag} (vhost-user handshake)")]
+    CreateFs {
+        tag: String,
+        #[source]
+        source: devices::virtio::fs::FsError,
+    },
+    #[error("open volume {index} for virtio-blk")]
+    OpenVolume {
+        index: usize,
+        #[source]
+        source: BackendError,
     },
     #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_DEVICES)]
     TooManyVirtioDevices,
@@ -245,10 +262,13 @@ pub fn attach_ged(vm: &VmFd, platform: &mut Platform) -> Result<(), AttachError>
     Ok(())
 }
 
-/// The Firecracker-compatible boot timer at 0xd0000000.
+/// The Firecracker-compatible boot timer at 0xd0000000. Its first write is also the guest's
+/// "reached init" signal for systemd (`READY=1`, [`crate::notify`]).
 pub fn attach_boot_timer(platform: &mut Platform, timing: Timing) -> Result<(), AttachError> {
+    let notified = std::sync::atomic::AtomicBool::new(false);
     let timer = BootTimer::new(timing.start()).with_callback(Box::new(move |elapsed| {
         timing.mark_at(Milestone::BootTimer, elapsed.as_micros());
+        crate::notify::ready_once(&notified, elapsed.as_micros());
     }));
     insert(
         &mut platform.mmio,
@@ -293,6 +313,60 @@ pub fn attach_net(
         .net_counters
         .push((net.tap.clone(), device_counters(&device)));
     attach_virtio(vm, mem, platform, "virtio-net", device.clone())?;
+    subscribers.add_subscriber(device);
+    Ok(())
+}
+
+/// Starts the VM's virtio-fs server (one process for all `source` shares) and connects every
+/// share to its backend; see [`crate::fs_server`].
+pub fn spawn_fs_server(
+    cfg: &VmConfig,
+) -> Result<(Option<FsServer>, Vec<ConnectedShare>), AttachError> {
+    crate::fs_server::spawn_fs_server(cfg).map_err(AttachError::SpawnFsServer)
+}
+
+/// A virtio-fs device (vhost-user frontend) for one connected share, in the next slot.
+pub fn attach_fs(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    share: ConnectedShare,
+) -> Result<(), AttachError> {
+    let device =
+        Fs::with_stream(&share.tag, share.stream).map_err(|source| AttachError::CreateFs {
+            tag: share.tag.clone(),
+            source,
+        })?;
+    let device = Arc::new(Mutex::new(device));
+    attach_virtio(vm, mem, platform, "virtio-fs", device.clone())?;
+    subscribers.add_subscriber(device);
+    Ok(())
+}
+
+/// A virtio-blk device on `vol` (volume number `index` of the config), in the next
+/// virtio-mmio slot. The image stays locked (flock) for as long as the VMM runs.
+pub fn attach_block(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    (index, vol): (usize, &VolumeConfig),
+) -> Result<(), AttachError> {
+    let opts = VolumeOptions {
+        path: vol.path.clone(),
+        read_only: vol.read_only,
+        cache: match vol.cache {
+            CacheConfig::None => CacheMode::None,
+            CacheConfig::Writeback => CacheMode::Writeback,
+        },
+    };
+    let backend =
+        Backend::open(&opts).map_err(|source| AttachError::OpenVolume { index, source })?;
+    let device = Block::new(backend, vol.serial.as_deref())
+        .map_err(|e| AttachError::CreateDevice("virtio-blk", e))?;
+    let device = Arc::new(Mutex::new(device));
+    attach_virtio(vm, mem, platform, "virtio-blk", device.clone())?;
     subscribers.add_subscriber(device);
     Ok(())
 }

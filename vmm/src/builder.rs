@@ -86,6 +86,8 @@ pub struct Machine {
     pub(crate) subscribers: Subscribers,
     pub(crate) platform: Platform,
     pub(crate) exit: Arc<ExitRequest>,
+    /// Last, so the devices' backend connections close before the server is killed.
+    pub(crate) _fs_server: Option<crate::fs_server::FsServer>,
 }
 
 /// Builds the VM described by `cfg`.
@@ -108,7 +110,9 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     attach::attach_acpi_pm(&mut platform)?;
     attach::attach_pvpanic(&mut platform)?;
     attach::attach_ged(&vm, &mut platform)?;
-    if cfg.boot_timer {
+    // Under systemd (`Type=notify`) the boot timer is the readiness signal, so it is there
+    // even when the config does not ask for timing lines.
+    if cfg.boot_timer || crate::notify::enabled() {
         attach::attach_boot_timer(&mut platform, timing)?;
     }
     if cfg.rng {
@@ -116,6 +120,14 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     }
     for net in &cfg.network {
         attach::attach_net(&vm, &mem, &mut platform, &mut subscribers, net)?;
+    }
+    for volume in cfg.volumes.iter().enumerate() {
+        attach::attach_block(&vm, &mem, &mut platform, &mut subscribers, volume)?;
+    }
+    // On this (main) thread: the server's parent-death signal is tied to the forking thread.
+    let (fs_server, shares) = attach::spawn_fs_server(cfg)?;
+    for share in shares {
+        attach::attach_fs(&vm, &mem, &mut platform, &mut subscribers, share)?;
     }
 
     let rsdp = write_acpi_tables(&mem, cfg, &platform)?;
@@ -138,6 +150,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
         subscribers,
         platform,
         exit,
+        _fs_server: fs_server,
     })
 }
 

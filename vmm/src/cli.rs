@@ -124,12 +124,6 @@ fn snapshot_before_boot(
 /// Refuses config sections this build cannot honour yet, instead of booting a guest that
 /// silently lacks them.
 fn check_unsupported(cfg: &VmConfig) -> Result<(), String> {
-    if !cfg.shares.is_empty() {
-        return Err(format!(
-            "shares: {} virtio-fs share(s) configured, but this tinyvmm has no virtio-fs device yet",
-            cfg.shares.len()
-        ));
-    }
     if let Some(sock) = &cfg.control_socket {
         log::warn!(
             "control_socket {}: the control socket is not implemented yet; ignored",

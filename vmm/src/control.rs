@@ -116,6 +116,7 @@ impl Control {
                 "{name}: pressing the power button, grace period {:?}",
                 self.grace
             );
+            crate::notify::stopping();
             self.button.press();
             self.deadline = Some(Instant::now() + self.grace);
         }

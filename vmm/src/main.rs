@@ -1,6 +1,6 @@
 //! `tinyvmm`: run or validate a microVM described by a JSON config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -39,10 +39,36 @@ enum Command {
         #[arg(long)]
         storage_config: Option<PathBuf>,
     },
+    /// Serve a directory to a VM over vhost-user (virtio-fs), like upstream virtiofsd.
+    ///
+    /// Exits when the VMM disconnects. `--sandbox namespace` (the default) needs root; without
+    /// it the server runs unconfined with a warning.
+    Virtiofsd(vmm::virtiofsd::VirtiofsdArgs),
     /// Check CONFIG and report every problem with its JSON path and line.
     Validate {
         /// The VM config (JSON).
         config: PathBuf,
+    },
+    /// systemd integration (README "Running VMs as systemd services").
+    Systemd {
+        #[command(subcommand)]
+        command: SystemdCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SystemdCommand {
+    /// Write tinyvmm@.service, tinyvmm-net.service, tinyvmm-storage@.service, tinyvmms.target
+    /// and, per CONFIG, a drop-in with its stop timeout into PREFIX/etc/systemd/system.
+    Install {
+        /// Root to install below (default: /).
+        #[arg(long, default_value = "/")]
+        prefix: PathBuf,
+        /// Where tinyvmm, netctl and tinyvmm-storage are installed, as the units call them.
+        #[arg(long, default_value = "/usr/bin")]
+        bin_dir: PathBuf,
+        /// VM configs to write drop-ins for (e.g. /etc/tinyvmm/vm1.json).
+        configs: Vec<PathBuf>,
     },
 }
 
@@ -69,10 +95,39 @@ fn main() -> ExitCode {
             vmm::cli::run(&config, &opts, Timing::new(start, false))
         }
         Command::Validate { config } => vmm::cli::validate(&config),
+        Command::Virtiofsd(args) => vmm::virtiofsd::run(args),
+        Command::Systemd {
+            command:
+                SystemdCommand::Install {
+                    prefix,
+                    bin_dir,
+                    configs,
+                },
+        } => systemd_install(&prefix, &bin_dir, &configs),
     };
     match code {
         RunExit::Poweroff => ExitCode::SUCCESS,
         other => ExitCode::from(other.code() as u8),
+    }
+}
+
+fn systemd_install(prefix: &Path, bin_dir: &Path, configs: &[PathBuf]) -> RunExit {
+    match vmm::systemd::install(prefix, bin_dir, configs) {
+        Ok(written) => {
+            for path in written {
+                println!("{}", path.display());
+            }
+            println!("run `systemctl daemon-reload` to load them");
+            RunExit::Poweroff
+        }
+        Err(e @ vmm::systemd::InstallError::LoadConfig(..)) => {
+            eprintln!("tinyvmm: {}", vmm::cli::error_chain(&e));
+            RunExit::InvalidConfig
+        }
+        Err(e) => {
+            eprintln!("tinyvmm: error: {}", vmm::cli::error_chain(&e));
+            RunExit::Error
+        }
     }
 }
 

@@ -247,25 +247,156 @@ fn validate_when_config_bad_then_every_problem_named() {
     assert!(err.contains(":2:"), "line of name missing: {err}");
 }
 
-#[test]
-fn run_when_config_has_shares_then_refused_before_creating_anything() {
-    let f = Fixture::new();
-    let kernel = f.guest("poweroff");
+/// Pids of the processes whose parent is `ppid` (from /proc/*/stat).
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(&ppid.to_string()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until `cond` holds; false after `limit`.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// A spinning VM with two source shares, its tinyvmm process, and its one server child.
+fn spin_with_shares(f: &Fixture, name: &str) -> (Child, u32) {
+    for dir in ["store", "etc"] {
+        std::fs::create_dir(f.dir.path().join(dir)).unwrap();
+    }
     let cfg = f.config(
-        "shares",
-        &kernel,
+        name,
+        &f.guest("spin"),
         &format!(
-            r#","shares":[{{"tag":"store","source":"{}","read_only":true}}]"#,
-            f.dir.path().display()
+            r#","shutdown_grace_secs":1,"shares":[{{"tag":"store","source":"{}","read_only":true}},{{"tag":"etc","source":"{}"}}]"#,
+            f.dir.path().join("store").display(),
+            f.dir.path().join("etc").display()
         ),
     );
-    let out = f.run(&cfg);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("shares"), "{err}");
+    let mut child = f.command(&cfg).spawn().unwrap();
+    let tinyvmm = child.id();
+    let mut servers = Vec::new();
+    let found = wait_for(Duration::from_secs(20), || {
+        servers = children_of(tinyvmm)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"virtiofsd"))
+            })
+            .collect();
+        !servers.is_empty()
+    });
+    if !found {
+        let _ = child.kill();
+        let out = wait_with_timeout(child, Duration::from_secs(30));
+        panic!("no virtio-fs server appeared: {}", stderr(&out));
+    }
+    assert_eq!(servers.len(), 1, "one server process for both shares");
+    (child, servers[0])
+}
+
+/// As root the server runs in its own mount namespace whose root holds only the shares, the
+/// read-only one mounted read-only (without root it falls back to no sandbox).
+fn check_sandbox(f: &Fixture, server: u32) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let root = PathBuf::from(format!("/proc/{server}/root"));
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&root)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
     assert!(
-        !timing_events(&err).contains(&"vm_created".to_owned()),
-        "{err}"
+        wait_for(Duration::from_secs(10), || names()
+            == ["proc", "share0", "share1"]),
+        "server root holds {:?}, not only its proc and the shares",
+        names()
+    );
+    std::fs::write(f.dir.path().join("store/hello"), b"hi").unwrap();
+    assert!(root.join("share0/hello").exists(), "store visible inside");
+    let ro = std::fs::write(root.join("share0/new"), b"x").unwrap_err();
+    assert_eq!(
+        ro.raw_os_error(),
+        Some(libc::EROFS),
+        "store is read-only: {ro}"
+    );
+    std::fs::write(root.join("share1/new"), b"x").unwrap();
+    assert!(f.dir.path().join("etc/new").exists(), "etc is writable");
+}
+
+#[test]
+fn run_when_config_has_shares_then_one_server_runs_with_the_vm_and_is_reaped_at_exit() {
+    let f = Fixture::new();
+    let (child, server) = spin_with_shares(&f, "shares");
+    assert!(alive(server));
+    check_sandbox(&f, server);
+
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = wait_with_timeout(child, Duration::from_secs(30));
+
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(!err.contains("virtio-fs"), "no virtio-fs errors: {err}");
+    // tinyvmm reaped it before exiting: not even a zombie is left.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{server}")).exists(),
+        "server {server} left behind"
+    );
+}
+
+#[test]
+fn run_when_tinyvmm_is_sigkilled_then_its_server_dies_too() {
+    let f = Fixture::new();
+    let (child, server) = spin_with_shares(&f, "shares9");
+
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = wait_with_timeout(child, Duration::from_secs(30));
+
+    assert!(
+        wait_for(Duration::from_secs(10), || !alive(server)),
+        "server {server} outlived tinyvmm (PDEATHSIG)"
     );
 }
 
@@ -335,4 +466,106 @@ fn run_when_guest_reports_panic_through_pvpanic_then_exit_4() {
     let out = f.run(&cfg);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+#[test]
+fn run_when_share_names_external_socket_then_connects_even_if_backend_starts_later() {
+    let f = Fixture::new();
+    let socket = f.dir.path().join("ext.sock");
+    let cfg = f.config(
+        "extfs",
+        &f.guest("poweroff"),
+        &format!(
+            r#","shares":[{{"tag":"ext","socket":"{}"}}]"#,
+            socket.display()
+        ),
+    );
+    // tinyvmm first: it waits (bounded) for the backend's socket to appear.
+    let vm = f.command(&cfg).spawn().unwrap();
+    let mut backend = Command::new(env!("CARGO_BIN_EXE_tinyvmm"))
+        .arg("virtiofsd")
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(f.dir.path())
+        .args(["--sandbox", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let out = wait_with_timeout(vm, Duration::from_secs(60));
+
+    let err = stderr(&out);
+    let backend_done = wait_for(Duration::from_secs(10), || {
+        backend.try_wait().unwrap().is_some()
+    });
+    if !backend_done {
+        let _ = backend.kill();
+    }
+    let status = backend.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        backend_done && status.success(),
+        "backend exits once the VM is gone"
+    );
+}
+
+#[test]
+fn run_when_external_socket_never_appears_then_error_names_the_share() {
+    let f = Fixture::new();
+    let socket = f.dir.path().join("none.sock");
+    let cfg = f.config(
+        "extnone",
+        &f.guest("poweroff"),
+        &format!(
+            r#","shares":[{{"tag":"ghost","socket":"{}"}}]"#,
+            socket.display()
+        ),
+    );
+
+    let out = f.run(&cfg);
+
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("share ghost"), "{err}");
+    assert!(err.contains("none.sock"), "{err}");
+}
+
+#[test]
+fn run_when_notify_socket_set_and_guest_hits_boot_timer_then_ready_sent() {
+    // Arrange: a config without `boot_timer` (systemd's NOTIFY_SOCKET alone attaches it) and
+    // a datagram socket standing where systemd's would be.
+    let f = Fixture::new();
+    let kernel = f.guest("boot_timer");
+    let cfg = f.dir.path().join("nt.json");
+    let json = format!(
+        r#"{{"name":"nt","vcpus":1,"memory_mib":64,"kernel":{{"path":"{}"}},"serial":"none"}}"#,
+        kernel.display()
+    );
+    std::fs::write(&cfg, json).unwrap();
+    let sock_path = f.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    // Act
+    let child = f
+        .command(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .spawn()
+        .unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+
+    // Assert: exit 0 and exactly one READY=1 datagram (the guest writes the timer once).
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1 from tinyvmm");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        msg.starts_with("READY=1\nSTATUS=guest reached init after "),
+        "{msg}"
+    );
+    sock.set_nonblocking(true).unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "a second datagram arrived");
 }

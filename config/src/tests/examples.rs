@@ -64,7 +64,13 @@ fn examples_when_compared_then_match_seed_layout() {
         let shares: Vec<(&str, String, bool)> = cfg
             .shares
             .iter()
-            .map(|s| (s.tag.as_str(), s.source.display().to_string(), s.read_only))
+            .map(|s| {
+                (
+                    s.tag.as_str(),
+                    s.source.as_ref().unwrap().display().to_string(),
+                    s.read_only,
+                )
+            })
             .collect();
         let base = format!("/var/lib/microvms/{name}");
         assert_eq!(

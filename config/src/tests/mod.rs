@@ -4,6 +4,7 @@ mod examples;
 mod parse;
 mod robust;
 mod validate;
+mod volumes;
 
 use crate::{ConfigError, Problem};
 

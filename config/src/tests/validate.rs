@@ -340,3 +340,66 @@ fn validate_when_config_built_in_code_then_problems_without_positions() {
     assert_eq!(ps[1].path, "kernel.path");
     assert_eq!(ps[1].message, "must not be empty");
 }
+
+#[test]
+fn validate_when_share_has_socket_instead_of_source_then_ok() {
+    let f = Fixture::new();
+    let etc = format!(r#""source": "{}""#, f.path("etc"));
+    let text = f.with(&etc, &format!(r#""socket": "{}""#, f.path("fs.sock")));
+
+    let cfg = parse(&text, "x").unwrap();
+
+    assert_eq!(cfg.shares[1].source, None);
+    assert_eq!(
+        cfg.shares[1].socket.as_deref(),
+        Some(std::path::Path::new(&f.path("fs.sock")))
+    );
+}
+
+#[test]
+fn validate_when_share_has_both_source_and_socket_then_socket_problem() {
+    let f = Fixture::new();
+    let etc = format!(r#""source": "{}""#, f.path("etc"));
+    let sock = format!(r#""{}""#, f.path("fs.sock"));
+    let text = f.with(&etc, &format!(r#"{etc}, "socket": {sock}"#));
+    assert_one(&text, "shares[1].socket", &sock, "not both");
+}
+
+#[test]
+fn validate_when_share_has_neither_source_nor_socket_then_source_problem() {
+    let f = Fixture::new();
+    let etc = format!(r#", "source": "{}""#, f.path("etc"));
+    let text = f.with(&etc, "");
+    let ps = problems(&text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(ps[0].path, "shares[1].source");
+    assert!(ps[0].message.contains("give source"), "{}", ps[0].message);
+}
+
+#[test]
+fn validate_when_share_socket_bad_then_socket_problem() {
+    let f = Fixture::new();
+    let etc = format!(r#""source": "{}""#, f.path("etc"));
+    let nodir = format!(r#""{}""#, f.path("nodir/fs.sock"));
+    let text = f.with(&etc, &format!(r#""socket": {nodir}"#));
+    assert_one(&text, "shares[1].socket", &nodir, "parent directory");
+    let long = format!(r#""{}""#, f.path(&format!("{}.sock", "s".repeat(110))));
+    let text = f.with(&etc, &format!(r#""socket": {long}"#));
+    assert_one(&text, "shares[1].socket", &long, "at most 107");
+}
+
+#[test]
+fn validate_when_socket_share_read_only_then_read_only_problem() {
+    let f = Fixture::new();
+    let store = format!(r#""source": "{}", "read_only": true"#, f.path("store"));
+    let sock = format!(r#""socket": "{}", "read_only": true"#, f.path("fs.sock"));
+    let text = f.with(&store, &sock);
+    let ps = problems(&text);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    let at = text.find(r#""read_only": true"#).unwrap() + r#""read_only": "#.len();
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').unwrap();
+    assert_eq!(ps[0].path, "shares[0].read_only");
+    assert_eq!((ps[0].line, ps[0].column), (line, column));
+    assert!(ps[0].message.contains("source shares only"));
+}

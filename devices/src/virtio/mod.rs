@@ -51,6 +51,8 @@
 //! # }
 //! ```
 
+pub mod block;
+pub mod fs;
 mod glue;
 mod interrupt;
 pub mod mmio;

@@ -1,11 +1,15 @@
 //! The queue loop every device runs: disable notifications, drain the available ring,
 //! re-enable notifications, and go again if re-enabling says more arrived meanwhile.
+//!
+//! Generic over the guest memory type so that the VMM's devices (`GuestMemoryMmap`) and the
+//! vhost-user daemon (the memory the frontend sent, behind a `GuestMemoryAtomic` guard) drain
+//! their rings the same way.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::GuestMemory;
 
 /// What a device did with one descriptor chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +34,36 @@ pub struct Drained {
     pub stopped: bool,
     /// Whether the available ring was unusable (index more than a queue size ahead).
     pub stalled: bool,
+    /// Whether draining stopped because the budget was spent while chains may remain: the
+    /// caller must call again (after serving its other queues) instead of waiting for a kick.
+    pub exhausted: bool,
 }
 
 /// Pops every available chain of `queue` and hands it to `serve`. Guest memory errors on the
 /// rings are logged (`name` prefixes the messages) and end the loop; nothing panics.
-pub fn serve_available<F>(
+pub fn serve_available<M, F>(name: &str, queue: &mut Queue, mem: &M, serve: F) -> Drained
+where
+    M: GuestMemory,
+    F: FnMut(DescriptorChain<&M>) -> Served,
+{
+    serve_available_budget(name, queue, mem, u32::MAX, serve)
+}
+
+/// [`serve_available`] that stops after `budget` ring entries (chains used plus bad heads),
+/// so that one busy queue cannot starve the others a thread serves. When it stops on the
+/// budget, [`Drained::exhausted`] is set, notifications are enabled again (correctness never
+/// depends on the caller coming back), and the caller should call again soon: entries the
+/// guest already published raise no further kick.
+pub fn serve_available_budget<M, F>(
     name: &str,
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
+    budget: u32,
     mut serve: F,
 ) -> Drained
 where
-    F: FnMut(DescriptorChain<&GuestMemoryMmap>) -> Served,
+    M: GuestMemory,
+    F: FnMut(DescriptorChain<&M>) -> Served,
 {
     let mut out = Drained::default();
     let mut empty_rounds = 0;
@@ -50,7 +72,17 @@ where
             log::error!("{name}: cannot disable queue notifications: {e}");
         }
         let mut popped = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if out.used.saturating_add(out.bad_heads) >= budget {
+                out.exhausted = true;
+                if let Err(e) = queue.enable_notification(mem) {
+                    log::error!("{name}: cannot enable queue notifications: {e}");
+                }
+                break 'outer;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             popped = true;
             empty_rounds = 0;
             let head = chain.head_index();
@@ -108,7 +140,7 @@ where
 }
 
 /// Whether the guest's available index is at most a queue size ahead of the device's.
-fn avail_index_in_range(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+fn avail_index_in_range<M: GuestMemory>(queue: &Queue, mem: &M) -> bool {
     match queue.avail_idx(mem, Ordering::Acquire) {
         Ok(idx) => (idx - Wrapping(queue.next_avail())).0 <= queue.size(),
         Err(_) => false,
@@ -120,7 +152,7 @@ mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     fn setup(chains: u16) -> (GuestMemoryMmap, Vec<RawDescriptor>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
@@ -190,6 +222,24 @@ mod tests {
 
         assert!(out.stalled);
         assert_eq!(out.used, 0);
+    }
+
+    #[test]
+    fn serve_budget_when_more_chains_than_budget_then_stops_and_next_call_serves_the_rest() {
+        let (mem, descs) = setup(5);
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+
+        let first = serve_available_budget("test", &mut queue, &mem, 2, |_| Served::Used(1));
+        let second = serve_available_budget("test", &mut queue, &mem, 2, |_| Served::Used(1));
+        let third = serve_available_budget("test", &mut queue, &mem, 2, |_| Served::Used(1));
+
+        assert_eq!((first.used, first.exhausted), (2, true));
+        assert_eq!((second.used, second.exhausted), (2, true));
+        assert_eq!((third.used, third.exhausted), (1, false));
+        assert!(first.notify && third.notify);
+        assert_eq!(mock.used().idx().load(), 5);
     }
 
     #[test]
