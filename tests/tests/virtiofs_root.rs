@@ -75,9 +75,10 @@ fn vm_config() -> String {
 #[test]
 fn virtiofs_root_when_booted_then_debian_init_runs_from_virtiofs() {
     // Arrange
-    let lab = Lab::new(Mode::Fast).unwrap_or_else(|e| panic!("{e}"));
+    // The root first: its cold build (~1 min, network) must not hold the lab lock.
     let dirs = lab::paths::LabDirs::discover().unwrap_or_else(|e| panic!("{e}"));
     let root = rootfs::prepare(&dirs.lab).unwrap_or_else(|e| panic!("{e}"));
+    let lab = Lab::new(Mode::Fast).unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new("virtiofs-root")
         .script(L1_SCRIPT)
         .l2_script(L2_ROOT_INIT)
