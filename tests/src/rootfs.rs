@@ -132,6 +132,36 @@ fn build(root: &DebianRoot) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The fsx crate (File System eXerciser) the root scenario runs on its rw share.
+pub const FSX_CRATE: (&str, &str) = ("fsx", "0.3.2");
+
+/// `<lab>/tools/fsx-<version>/bin/fsx`, built once with `cargo install --locked` (the Debian
+/// root's glibc is the host's, so the host-built dynamic binary runs in it).
+pub fn prepare_fsx(lab_dir: &Path) -> Result<PathBuf, LabError> {
+    let (name, version) = FSX_CRATE;
+    let root = lab_dir.join("tools").join(format!("{name}-{version}"));
+    let bin = root.join("bin").join(name);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    create_dir(&root)?;
+    run_output(
+        Command::new("timeout")
+            .args([
+                "1800",
+                "cargo",
+                "install",
+                "--locked",
+                name,
+                "--version",
+                version,
+            ])
+            .arg("--root")
+            .arg(&root),
+    )?;
+    Ok(bin)
+}
+
 /// Removes roots of older inputs unless used in the last hour; best effort.
 fn prune_other_roots(current: &Path) {
     let Some(parent) = current.parent() else {

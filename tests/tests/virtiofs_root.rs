@@ -55,12 +55,25 @@ modprobe virtio_pci && modprobe virtio_blk || lab-report root.l1_blk=failed
 mkdir -p /root-disk /suite
 mount -t ext4 /dev/vda /root-disk || { lab-report root.l1_mount=failed; exit 1; }
 mount -t tmpfs -o size=256m tmpfs /suite
+cp /lab/suite/fsx /lab/suite/run-suites /suite/
 t0=$(cut -d' ' -f1 /proc/uptime)
 timeout 600 tinyvmm run /lab/root.json > /tmp/l2.log 2>&1
 rc=$?
 t1=$(cut -d' ' -f1 /proc/uptime)
 cat /tmp/l2.log
 lab-report root.l2_exit=$rc root.l2_wall_s=$(echo "$t0 $t1" | awk '{print $2 - $1}')
+"#;
+
+/// Run by the Debian root's rc.local from the rw share: fsx (seeded, N operations) on a file
+/// of the share.
+const RUN_SUITES: &str = r#"#!/bin/sh
+d="$1"
+if "$d/fsx" -N 2000 -S 1 -P "$d" "$d/fsx.data" > "$d/fsx.log" 2>&1; then
+    echo "LAB root.fsx=pass"
+else
+    echo "LAB root.fsx=fail"
+    tail -n 20 "$d/fsx.log"
+fi
 "#;
 
 fn vm_config() -> String {
@@ -78,11 +91,15 @@ fn virtiofs_root_when_booted_then_debian_init_runs_from_virtiofs() {
     // The root first: its cold build (~1 min, network) must not hold the lab lock.
     let dirs = lab::paths::LabDirs::discover().unwrap_or_else(|e| panic!("{e}"));
     let root = rootfs::prepare(&dirs.lab).unwrap_or_else(|e| panic!("{e}"));
+    let fsx = rootfs::prepare_fsx(&dirs.lab).unwrap_or_else(|e| panic!("{e}"));
+    let fsx = std::fs::read(&fsx).unwrap_or_else(|e| panic!("{}: {e}", fsx.display()));
     let lab = Lab::new(Mode::Fast).unwrap_or_else(|e| panic!("{e}"));
     let scenario = Scenario::new("virtiofs-root")
         .script(L1_SCRIPT)
         .l2_script(L2_ROOT_INIT)
         .file("/lab/root.json", vm_config())
+        .executable("/lab/suite/fsx", fsx)
+        .executable("/lab/suite/run-suites", RUN_SUITES)
         .drive(&root.image)
         .timeout(Duration::from_secs(900))
         .emulation_retries(1);
@@ -94,6 +111,7 @@ fn virtiofs_root_when_booted_then_debian_init_runs_from_virtiofs() {
     out.assert_kv("root.mount", "ok");
     out.assert_kv("root.init", "init");
     out.assert_kv("root.fstype", "virtiofs");
+    out.assert_kv("root.fsx", "pass");
     out.assert_kv("root.done", "1");
     out.assert_kv("root.l2_exit", "0");
 }
