@@ -59,6 +59,7 @@ pub mod mmio;
 pub mod net;
 pub mod queue_loop;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::Arc;
 
@@ -77,6 +78,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// virtio-rng (entropy source).
     pub const RNG: u32 = 4;
+    /// virtio-vsock.
+    pub const VSOCK: u32 = 19;
     /// virtio-fs.
     pub const FS: u32 = 26;
 }
