@@ -292,7 +292,9 @@ impl Vsock {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.pending.len() + self.conns.len() >= 2 * MAX_CONNS {
-                        self.warn(format_args!("too many connections; host connection refused"));
+                        self.warn(format_args!(
+                            "too many connections; host connection refused"
+                        ));
                         continue;
                     }
                     if stream.set_nonblocking(true).is_err() {
@@ -348,7 +350,7 @@ impl Vsock {
             match port {
                 Ok(port) => self.connect_to_guest(p.stream, token, port),
                 Err(why) => {
-                    self.graveyard.push((token, p.stream));
+                    self.bury(token, p.stream);
                     self.warn(format_args!("host connection dropped: {why}"));
                 }
             }
@@ -499,17 +501,24 @@ impl Vsock {
         }
     }
 
+    /// Closes a stream: at once if the event loop does not watch it, else once it stopped.
+    fn bury(&mut self, token: u32, stream: UnixStream) {
+        if self.watched.contains_key(&token) {
+            self.graveyard.push((token, stream));
+        }
+    }
+
     /// Closes a connection without telling the guest.
     fn forget(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
-            self.graveyard.push((c.token, c.stream));
+            self.bury(c.token, c.stream);
         }
     }
 
     /// Sends RST for an existing connection and forgets it.
     fn reset(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
-            self.graveyard.push((c.token, c.stream));
+            self.bury(c.token, c.stream);
             let hdr = Header {
                 src_port: key.1,
                 dst_port: key.0,
@@ -575,11 +584,11 @@ impl Vsock {
                 }
             }
             // Tell the guest about freed space once a quarter of the buffer is free again
-            // (or all of it), so it neither stalls nor floods us with updates.
+            // (data packets carry fwd_cnt too; the guest may also ask): a guest waiting for
+            // credit has CONN_BUF unacknowledged, so it always gets one.
             let unsent = conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent);
             if conn.state == State::Open
-                && unsent > 0
-                && (unsent >= CONN_BUF / 4 || conn.to_host.is_empty())
+                && unsent >= CONN_BUF / 4
                 && !conn.control.contains(&(op::CREDIT_UPDATE, 0))
             {
                 conn.control.push_back((op::CREDIT_UPDATE, 0));
@@ -678,7 +687,9 @@ impl Vsock {
         // Starved: there is still something to send but no buffer was available.
         if !drained.stopped
             && (!control.is_empty()
-                || conns.values().any(|c| !c.control.is_empty() || c.wants_read(false)))
+                || conns
+                    .values()
+                    .any(|c| !c.control.is_empty() || c.wants_read(false)))
         {
             starved = true;
         }
@@ -787,9 +798,9 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         // The guest's sockets are gone: so are the host ends.
         self.active = None;
-        let conns = std::mem::take(&mut self.conns);
-        self.graveyard
-            .extend(conns.into_values().map(|c| (c.token, c.stream)));
+        for c in std::mem::take(&mut self.conns).into_values() {
+            self.bury(c.token, c.stream);
+        }
         self.control.clear();
         self.rx_starved = false;
         self.glue.reset();

@@ -74,10 +74,12 @@ impl MutEventSubscriber for Vsock {
             ACTIVATE => self.glue.handle_activate(ops),
             LISTENER => {}
             d if d >= FIRST_STREAM => {}
-            _ => match self.glue.queue_event(&events) {
-                Some(0) => self.rx_kicked(),
-                Some(_) | None => {}
-            },
+            // RX: the guest queued receive buffers. TX and event queue: `run` serves them.
+            _ => {
+                if self.glue.queue_event(&events) == Some(0) {
+                    self.rx_kicked();
+                }
+            }
         }
         self.run();
         self.sync_interest(ops);
