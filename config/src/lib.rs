@@ -22,7 +22,7 @@ pub use lock::{default_run_dir, is_running, LockError, RunLock};
 pub use parse::{deserialize, load, load_with, parse, parse_unchecked, parse_with};
 pub use types::{
     CacheConfig, Ipv4Cidr, KernelConfig, MacAddr, MmioDiscovery, NetConfig, SerialConfig,
-    ShareConfig, StorageConfig, VmConfig, VolumeConfig, DEFAULT_CMDLINE,
+    ShareConfig, StorageConfig, VmConfig, VolumeConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 pub use validate::{validate, validate_with, Checks};
 

@@ -51,6 +51,9 @@ pub struct VmConfig {
     pub volumes: Vec<VolumeConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
+    /// A virtio-vsock device whose host side is a unix-socket multiplexer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub storage: StorageConfig,
 }
@@ -61,9 +64,14 @@ impl VmConfig {
         DEFAULT_CMDLINE
     }
 
-    /// Number of virtio-mmio devices this config asks for (rng + network + shares + volumes).
+    /// Number of virtio-mmio devices this config asks for (rng + network + shares + volumes
+    /// + vsock).
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.rng) + self.network.len() + self.shares.len() + self.volumes.len()
+        usize::from(self.rng)
+            + self.network.len()
+            + self.shares.len()
+            + self.volumes.len()
+            + usize::from(self.vsock.is_some())
     }
 }
 
@@ -195,6 +203,18 @@ pub struct ShareConfig {
     /// Serve `source` read-only (source shares only).
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// The virtio-vsock device: the guest's CID and the host unix socket. Host processes connect
+/// to `socket` and write `CONNECT <port>\n`; guest connections to host port P reach the unix
+/// socket `<socket>_P`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id, >= 3.
+    pub guest_cid: u64,
+    /// Where tinyvmm listens for host connections.
+    pub socket: PathBuf,
 }
 
 /// One virtio-blk disk: a raw image file or a host block device.

@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::path::Path;
 
 use crate::error::Problem;
-use crate::types::{NetConfig, SerialConfig, ShareConfig, VmConfig, VolumeConfig};
+use crate::types::{NetConfig, SerialConfig, ShareConfig, VmConfig, VolumeConfig, VsockConfig};
 
 /// Longest VM name (it names the lock file, the socket and host interfaces).
 pub const MAX_NAME_LEN: usize = 32;
@@ -65,6 +65,7 @@ pub fn validate_with(cfg: &VmConfig, checks: Checks) -> Vec<Problem> {
     v.shares(&cfg.shares);
     v.volumes(&cfg.volumes);
     v.control_socket(cfg.control_socket.as_deref());
+    v.vsock(cfg.vsock.as_ref());
     v.device_count(cfg);
     v.problems
 }
@@ -313,6 +314,32 @@ impl Validator {
                 self.report(at("serial"), check_serial(serial));
             }
         }
+    }
+
+    fn vsock(&mut self, vsock: Option<&VsockConfig>) {
+        let Some(vsock) = vsock else { return };
+        if vsock.guest_cid < 3 || vsock.guest_cid >= u64::from(u32::MAX) {
+            self.push(
+                "vsock.guest_cid",
+                format!(
+                    "{} is reserved: must be >= 3 and < 2^32 - 1",
+                    vsock.guest_cid
+                ),
+            );
+        }
+        // Guest connections to host port P use `<socket>_P` (P up to 10 digits).
+        let len = vsock.socket.as_os_str().len();
+        if len + 11 > MAX_SOCKET_PATH_LEN {
+            self.push(
+                "vsock.socket",
+                format!(
+                    "is {len} bytes; with the `_<port>` suffix a unix socket path holds at most {}",
+                    MAX_SOCKET_PATH_LEN - 11
+                ),
+            );
+            return;
+        }
+        self.socket_path("vsock.socket", &vsock.socket);
     }
 
     fn control_socket(&mut self, socket: Option<&Path>) {

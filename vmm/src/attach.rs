@@ -96,6 +96,8 @@ pub enum AttachError {
     },
     #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_DEVICES)]
     TooManyVirtioDevices,
+    #[error("create the virtio-vsock device")]
+    CreateVsock(#[source] devices::virtio::vsock::VsockError),
 }
 
 /// The platform being assembled: the two buses and what later steps need to know about the
@@ -288,6 +290,22 @@ pub fn attach_virtio_rng(
     ));
     attach_virtio(vm, mem, platform, "virtio-rng", rng.clone())?;
     subscribers.add_subscriber(rng);
+    Ok(())
+}
+
+/// A virtio-vsock device listening on `vsock.socket`, in the next virtio-mmio slot.
+pub fn attach_vsock(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    subscribers: &mut Subscribers,
+    vsock: &vmconfig::VsockConfig,
+) -> Result<(), AttachError> {
+    let dev = devices::virtio::vsock::Vsock::new(vsock.guest_cid, &vsock.socket)
+        .map_err(AttachError::CreateVsock)?;
+    let dev = Arc::new(Mutex::new(dev));
+    attach_virtio(vm, mem, platform, "virtio-vsock", dev.clone())?;
+    subscribers.add_subscriber(dev);
     Ok(())
 }
 

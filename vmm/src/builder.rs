@@ -122,6 +122,9 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     for volume in cfg.volumes.iter().enumerate() {
         attach::attach_block(&vm, &mem, &mut platform, &mut subscribers, volume)?;
     }
+    if let Some(vsock) = &cfg.vsock {
+        attach::attach_vsock(&vm, &mem, &mut platform, &mut subscribers, vsock)?;
+    }
     // On this (main) thread: the server's parent-death signal is tied to the forking thread.
     let (fs_server, shares) = attach::spawn_fs_server(cfg)?;
     for share in shares {

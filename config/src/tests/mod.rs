@@ -5,6 +5,7 @@ mod parse;
 mod robust;
 mod validate;
 mod volumes;
+mod vsock;
 
 use crate::{ConfigError, Problem};
 

@@ -745,6 +745,14 @@ fn read_packet(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) 
     Ok((hdr, data))
 }
 
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        // The listening socket goes with the device (a stale file would refuse nothing but
+        // mislead host tools).
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         device_type::VSOCK
