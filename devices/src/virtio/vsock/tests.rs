@@ -3,7 +3,8 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
 
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -34,7 +35,9 @@ struct Harness {
     mem: &'static GuestMemoryMmap,
     rxq: Mock,
     txq: Mock,
-    dev: Vsock,
+    dev: Arc<Mutex<Vsock>>,
+    /// The queue eventfds (the device has clones).
+    _evts: Vec<EventFd>,
     _dir: tempfile::TempDir,
     sock: PathBuf,
     rx_slot: u16,
@@ -61,6 +64,9 @@ fn harness() -> Harness {
         q
     };
     let irq = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let evts: Vec<EventFd> = (0..3)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
     dev.activate(ActivateArgs {
         mem: mem.clone(),
         queues: vec![queue(&rxq), queue(&txq), queue(&evq)],
@@ -75,7 +81,8 @@ fn harness() -> Harness {
         mem,
         rxq,
         txq,
-        dev,
+        dev: Arc::new(Mutex::new(dev)),
+        _evts: evts,
         _dir: dir,
         sock,
         rx_slot: 0,
@@ -129,6 +136,10 @@ fn publish(q: &Mock, slot: u16, d: RawDescriptor) {
 }
 
 impl Harness {
+    fn dev(&self) -> MutexGuard<'_, Vsock> {
+        self.dev.lock().unwrap()
+    }
+
     /// Queues `n` receive buffers.
     fn give_rx(&mut self, n: u16) {
         for _ in 0..n {
@@ -138,7 +149,7 @@ impl Harness {
             let d: RawDescriptor = SplitDescriptor::new(addr, RX_BUF, WRITE, 0).into();
             publish(&self.rxq, slot, d);
         }
-        self.dev.rx_kicked();
+        self.dev().rx_kicked();
     }
 
     /// Queues one TX chain of raw bytes.
@@ -156,12 +167,12 @@ impl Harness {
         let mut bytes = hdr.to_bytes().to_vec();
         bytes.extend_from_slice(payload);
         self.send_raw(&bytes);
-        self.dev.run();
+        self.dev().run();
     }
 
     /// Packets the device returned in receive buffers since the last call.
     fn recv(&mut self) -> Vec<(Header, Vec<u8>)> {
-        self.dev.run();
+        self.dev().run();
         let used = used_idx(self.mem, &self.rxq);
         let mut out = Vec::new();
         while self.rx_seen != used {
@@ -226,10 +237,10 @@ fn read_n(s: &mut UnixStream, n: usize) -> Vec<u8> {
 fn config_when_read_then_guest_cid_le64_and_three_queues() {
     let h = harness();
     let mut cfg = [0u8; 8];
-    h.dev.read_config(0, &mut cfg);
+    h.dev().read_config(0, &mut cfg);
     assert_eq!(u64::from_le_bytes(cfg), CID);
-    assert_eq!(h.dev.device_type(), device_type::VSOCK);
-    assert_eq!(h.dev.queue_max_sizes().len(), 3);
+    assert_eq!(h.dev().device_type(), device_type::VSOCK);
+    assert_eq!(h.dev().queue_max_sizes().len(), 3);
 }
 
 #[test]
@@ -255,7 +266,7 @@ fn guest_connect_when_host_listens_then_response_and_data_both_ways() {
     let (hdr, data) = h.recv_one();
     assert_eq!((hdr.op, hdr.src_port, hdr.dst_port), (op::RW, 52, 1000));
     assert_eq!(data, b"world");
-    assert_eq!(h.dev.connections(), 1);
+    assert_eq!(h.dev().connections(), 1);
 }
 
 #[test]
@@ -298,7 +309,7 @@ fn host_connect_when_guest_refuses_then_host_stream_closed() {
     h.send(guest(op::RST, 7, req.src_port), &[]);
     let mut buf = [0u8; 8];
     assert_eq!(host.read(&mut buf).unwrap(), 0, "EOF after the guest's RST");
-    assert_eq!(h.dev.connections(), 0);
+    assert_eq!(h.dev().connections(), 0);
 }
 
 #[test]
@@ -308,7 +319,7 @@ fn host_connect_when_line_malformed_then_dropped_and_device_keeps_serving() {
     bad.set_read_timeout(Some(TIMEOUT)).unwrap();
     bad.write_all(b"HELLO there\n").unwrap();
     h.give_rx(1);
-    h.dev.run();
+    h.dev().run();
     let mut buf = [0u8; 8];
     assert_eq!(bad.read(&mut buf).unwrap(), 0);
 
@@ -325,7 +336,7 @@ fn guest_connect_when_no_host_listener_then_rst() {
     h.send(guest(op::REQUEST, 1000, 4444), &[]);
     let (hdr, _) = h.recv_one();
     assert_eq!((hdr.op, hdr.src_port, hdr.dst_port), (op::RST, 4444, 1000));
-    assert_eq!(h.dev.connections(), 0);
+    assert_eq!(h.dev().connections(), 0);
 }
 
 #[test]
@@ -353,7 +364,7 @@ fn host_to_guest_when_guest_credit_spent_then_stops_and_credit_update_resumes() 
     let (hdr, data) = h.recv_one();
     assert_eq!((hdr.op, data.len()), (op::RW, 8), "exactly the credit");
     assert!(h.recv().is_empty(), "no credit left: nothing more");
-    assert_eq!(h.dev.connections(), 1);
+    assert_eq!(h.dev().connections(), 1);
 
     let mut upd = guest(op::CREDIT_UPDATE, 2000, 80);
     upd.buf_alloc = 8;
@@ -377,13 +388,13 @@ fn guest_to_host_when_host_does_not_read_then_buffer_bounded_and_overrun_reset()
     // the connection is reset instead of buffering more.
     let mut sent = 0usize;
     h.give_rx(2);
-    while h.dev.connections() == 1 {
+    while h.dev().connections() == 1 {
         assert!(sent < 64 << 20, "the device kept accepting data");
         h.send(guest(op::RW, 3000, 81), &chunk);
         sent += chunk.len();
-        assert!(h.dev.buffered_bytes() <= CONN_BUF as usize);
+        assert!(h.dev().buffered_bytes() <= CONN_BUF as usize);
     }
-    assert_eq!(h.dev.stats().credit_violations, 1);
+    assert_eq!(h.dev().stats().credit_violations, 1);
     h.give_rx(8);
     let rst = h
         .recv()
@@ -442,7 +453,7 @@ fn shutdown_when_host_closes_then_guest_gets_shutdown_and_rst_ends_connection() 
         (op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
     );
     h.send(guest(op::RST, 3002, 83), &[]);
-    assert_eq!(h.dev.connections(), 0);
+    assert_eq!(h.dev().connections(), 0);
 }
 
 #[test]
@@ -457,7 +468,7 @@ fn shutdown_when_guest_closes_then_host_sees_eof() {
     let mut all = Vec::new();
     host.read_to_end(&mut all).unwrap();
     assert_eq!(all, b"bye");
-    assert_eq!(h.dev.connections(), 0);
+    assert_eq!(h.dev().connections(), 0);
 }
 
 #[test]
@@ -485,7 +496,7 @@ fn malformed_when_short_wrong_cid_bad_len_unknown_op_then_dropped_or_rst_and_ser
     let mut hdr = guest(op::REQUEST, 13, 14);
     hdr.type_ = 2;
     h.send(hdr, &[]);
-    h.dev.run();
+    h.dev().run();
 
     let got = h.recv();
     let rsts: Vec<(u32, u32)> = got
@@ -496,7 +507,7 @@ fn malformed_when_short_wrong_cid_bad_len_unknown_op_then_dropped_or_rst_and_ser
         })
         .collect();
     assert_eq!(rsts, vec![(12, 11), (14, 13)]);
-    assert_eq!(h.dev.stats().bad_packets, 5);
+    assert_eq!(h.dev().stats().bad_packets, 5);
     assert_eq!(used_idx(h.mem, &h.txq), 6, "every chain returned");
 
     let listener = UnixListener::bind(h.host_path(85)).unwrap();
@@ -535,8 +546,8 @@ fn reset_when_device_reset_then_host_streams_closed() {
     let mut h = harness();
     let listener = UnixListener::bind(h.host_path(87)).unwrap();
     let mut host = h.guest_connect(3005, 87, &listener);
-    h.dev.reset();
+    h.dev().reset();
     let mut buf = [0u8; 4];
     assert_eq!(host.read(&mut buf).unwrap(), 0);
-    assert_eq!(h.dev.connections(), 0);
+    assert_eq!(h.dev().connections(), 0);
 }
