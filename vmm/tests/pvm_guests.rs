@@ -2,6 +2,7 @@
 //! /dev/kvm (PVM runs such guests; it cannot boot a stock kernel — the lab does that). Each
 //! test checks one way a VM ends and the exit status documented in README.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +44,18 @@ impl Fixture {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // A test that fails before it reaps its VM must not leave the VM running: the child
+        // gets SIGKILL when the test's thread ends (PR_SET_PDEATHSIG is tied to that thread).
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         cmd
     }
 
