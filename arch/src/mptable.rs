@@ -265,9 +265,16 @@ mod tests {
         // Linux scans [0, 1 KiB), the last KiB of 640 KiB base memory, and 0xf0000..0x100000.
         let last_base_kib = 639 * 0x400..640 * 0x400;
         assert!(last_base_kib.contains(&MPTABLE_START));
-        assert_eq!(MPTABLE_START % 16, 0, "the pointer is found on 16-byte boundaries");
+        assert_eq!(
+            MPTABLE_START % 16,
+            0,
+            "the pointer is found on 16-byte boundaries"
+        );
         assert_eq!(u32_at(&fp, 4), (MPTABLE_START + 16) as u32);
-        assert_eq!(fp[11], 0, "feature byte 1: a table follows, no default config");
+        assert_eq!(
+            fp[11], 0,
+            "feature byte 1: a table follows, no default config"
+        );
         // Every IOAPIC pin, including the virtio GSIs 10..=23, has an I/O interrupt entry.
         let entries = &table[HEADER_LEN + 2 * PROCESSOR_ENTRY_LEN..];
         let pins: Vec<u8> = entries

@@ -23,7 +23,7 @@ const L1_STEPS: &str = r#"
 timeout 240 tinyvmm --log-level info run /lab/cad.json >/tmp/cad.log 2>&1 &
 pid=$!
 i=0
-while ! grep -q "LAB nixos.ready=1" /tmp/cad.log && [ $i -lt 2400 ]; do
+while ! grep -q "LAB nixos.ready=1" /tmp/cad.log && kill -0 "$pid" 2>/dev/null && [ $i -lt 2400 ]; do
     sleep 0.1; i=$((i + 1))
 done
 kill -TERM "$pid"
@@ -37,7 +37,7 @@ lab-report "cad.exit=$rc" "cad.signal_to_exit_s=$(echo "$start $end" | awk '{pri
 
 const CONFIG: &str = r#"{"name":"cad","vcpus":2,"memory_mib":256,
 "kernel":{"path":"/lab/l2/vmlinuz","initrd":"/lab/l2/initrd.gz",
-"cmdline":"console=ttyS0 reboot=k panic=1 quiet acpi=off"},
+"cmdline":"console=ttyS0 reboot=k panic=1 quiet earlyprintk=ttyS0 acpi=off"},
 "serial":"stdout","boot_timer":true,"virtio_mmio_discovery":"cmdline",
 "shutdown_grace_secs":20}"#;
 
