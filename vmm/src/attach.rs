@@ -235,6 +235,12 @@ pub fn attach_i8042(vm: &VmFd, platform: &mut Platform) -> Result<(), AttachErro
     Ok(())
 }
 
+/// The CMOS RTC at ports 0x70/0x71 (probed by guests without ACPI).
+pub fn attach_cmos(platform: &mut Platform) -> Result<(), AttachError> {
+    let dev = Arc::new(Mutex::new(devices::legacy::cmos::Cmos::new()));
+    insert(&mut platform.pio, "CMOS RTC", dev, 0x70, 2)
+}
+
 /// The ACPI PM register (sleep control/status and reset) at port 0x3c0.
 pub fn attach_acpi_pm(platform: &mut Platform) -> Result<(), AttachError> {
     let dev = Arc::new(Mutex::new(AcpiPm::new(platform.exit.clone())));

@@ -108,6 +108,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
 
     attach::attach_serial(&vm, &mut platform, &mut subscribers, cfg)?;
     attach::attach_i8042(&vm, &mut platform)?;
+    attach::attach_cmos(&mut platform)?;
     attach::attach_acpi_pm(&mut platform)?;
     attach::attach_pvpanic(&mut platform)?;
     attach::attach_ged(&vm, &mut platform)?;

@@ -42,6 +42,8 @@ const OFFSET_COMMAND: u64 = 4;
 pub const STATUS_OUTPUT_FULL: u8 = 0x01;
 /// Status register: system flag (self test passed); set like real firmware leaves it.
 pub const STATUS_SYSTEM_FLAG: u8 = 0x04;
+/// Status register: keyboard not inhibited (no keylock).
+pub const STATUS_NOT_INHIBITED: u8 = 0x10;
 /// Status register: the last write was a command (port 0x64), not data.
 pub const STATUS_COMMAND: u8 = 0x08;
 /// Status register: the byte in the output buffer comes from the aux (mouse) port.
@@ -148,7 +150,7 @@ impl I8042 {
         Self {
             exit,
             irq,
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_NOT_INHIBITED,
             ctr: DEFAULT_CTR,
             output: VecDeque::new(),
             pending: Pending::Keyboard,
@@ -431,7 +433,7 @@ mod tests {
     fn read_when_idle_then_status_ready_and_data_zero() {
         let (bus, _exit) = setup();
         // Input buffer empty (bit 1 clear) so `reboot=k` does not wait; no output pending.
-        assert_eq!(inb(&bus, 0x64), STATUS_SYSTEM_FLAG);
+        assert_eq!(inb(&bus, 0x64), STATUS_SYSTEM_FLAG | STATUS_NOT_INHIBITED);
         assert_eq!(inb(&bus, 0x60), 0);
         assert_eq!(inb(&bus, 0x61), 0);
     }
