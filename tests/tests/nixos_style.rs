@@ -2,7 +2,7 @@
 //! binds the i8042 keyboard without probe timeouts, and SIGTERM stops it cleanly through
 //! Ctrl-Alt-Del: the kernel delivers SIGINT to init (the lab's L2 init disables the kernel's
 //! own reboot like busybox init does and answers with `reboot -f`), and the reboot that follows
-//! the stop request ends the run with status 0.
+//! the stop request ends the run with status 0. Also: the guest's rtc_cmos binds the CMOS RTC.
 //!
 //! Needs `cargo build --release --workspace` first (the lab copies the release binaries).
 
@@ -67,6 +67,13 @@ fn lab_acpi_off_when_sigterm_then_ctrl_alt_del_reboots_cleanly_and_exit_0() {
         "{}",
         out.output
     );
+    // The CMOS RTC answers: the probe binds instead of polling an "update in progress".
+    assert!(
+        out.output.contains("rtc_cmos rtc_cmos: registered as rtc0"),
+        "{}",
+        out.output
+    );
+    assert!(!out.output.contains("Keylock active"), "{}", out.output);
     // The guest's init got SIGINT and rebooted; the reboot after SIGTERM is a stop.
     out.assert_kv("l2.ctrlaltdel", "1");
     assert!(
