@@ -258,4 +258,34 @@ mod tests {
             Err(MptableError::Write(_))
         ));
     }
+
+    #[test]
+    fn setup_mptable_when_written_then_pointer_in_linux_scan_window_and_virtio_pins_routed() {
+        let (fp, table) = read_back(2);
+        // Linux scans [0, 1 KiB), the last KiB of 640 KiB base memory, and 0xf0000..0x100000.
+        let last_base_kib = 639 * 0x400..640 * 0x400;
+        assert!(last_base_kib.contains(&MPTABLE_START));
+        assert_eq!(
+            MPTABLE_START % 16,
+            0,
+            "the pointer is found on 16-byte boundaries"
+        );
+        assert_eq!(u32_at(&fp, 4), (MPTABLE_START + 16) as u32);
+        assert_eq!(
+            fp[11], 0,
+            "feature byte 1: a table follows, no default config"
+        );
+        // Every IOAPIC pin, including the virtio GSIs 10..=23, has an I/O interrupt entry.
+        let entries = &table[HEADER_LEN + 2 * PROCESSOR_ENTRY_LEN..];
+        let pins: Vec<u8> = entries
+            .chunks(SMALL_ENTRY_LEN)
+            .filter(|e| e[0] == ENTRY_IO_INTERRUPT && e[1] == INT_TYPE_INT)
+            .map(|e| e[7])
+            .collect();
+        assert_eq!(pins, (0..24).collect::<Vec<u8>>());
+        // The boot CPU (APIC id 0, what KVM gives vCPU 0) carries the BSP flag.
+        assert_eq!(table[HEADER_LEN], ENTRY_PROCESSOR);
+        assert_eq!(table[HEADER_LEN + 1], 0);
+        assert_eq!(table[HEADER_LEN + 3], CPU_ENABLED | CPU_BOOT_PROCESSOR);
+    }
 }

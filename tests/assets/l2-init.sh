@@ -14,11 +14,23 @@ for m in $(cat /lib/modules/order); do
     insmod "/lib/modules/$m.ko" || failed="$failed,$m"
 done
 echo "LAB l2.modules=${failed:-ok}"
+# Like busybox init: Ctrl-Alt-Del becomes SIGINT to this init (not an immediate kernel
+# reboot), and init answers it with a clean reboot. The scenario runs in the background so
+# that `wait` returns as soon as the signal arrives.
+cad=""
+trap 'cad=1' INT
+echo 0 > /proc/sys/kernel/ctrl-alt-del
+rc=0
 if [ -f /scenario.sh ]; then
-    sh /scenario.sh </dev/null
+    sh /scenario.sh </dev/null &
+    wait $!
     rc=$?
-else
-    rc=0
+fi
+if [ -n "$cad" ]; then
+    echo
+    echo "LAB l2.ctrlaltdel=1 l2.cad_uptime=$(cut -d' ' -f1 /proc/uptime)"
+    sync
+    reboot -f
 fi
 echo
 echo "LAB l2.end_uptime=$(cut -d' ' -f1 /proc/uptime) l2.status=$rc"

@@ -106,6 +106,7 @@ pub struct Platform {
     mmio: Bus,
     frozen: Option<(Arc<Bus>, Arc<Bus>)>,
     ged: Option<Arc<Mutex<Ged>>>,
+    i8042: Option<Arc<Mutex<I8042>>>,
     virtio: Vec<VirtioMmioDesc>,
     /// Per-TAP counters of the virtio-net devices, for the control socket.
     pub net_counters: Vec<(String, Arc<NetCounters>)>,
@@ -119,6 +120,7 @@ impl Platform {
             mmio: Bus::new(),
             frozen: None,
             ged: None,
+            i8042: None,
             virtio: Vec::new(),
             net_counters: Vec::new(),
         }
@@ -140,9 +142,15 @@ impl Platform {
         (pio.clone(), mmio.clone())
     }
 
-    /// The ACPI power button, for the control loop.
-    pub fn power_button(&self) -> Box<dyn PowerButton> {
-        Box::new(GedButton(self.ged.clone()))
+    /// What SIGTERM uses to ask the guest to stop, for the control loop: the ACPI power
+    /// button when the guest uses ACPI (`guest_acpi`), Ctrl-Alt-Del through the i8042
+    /// otherwise (a guest booted with `acpi=off` does not listen to the button).
+    pub fn power_button(&self, guest_acpi: bool) -> Box<dyn PowerButton> {
+        if guest_acpi {
+            Box::new(GedButton(self.ged.clone()))
+        } else {
+            Box::new(CtrlAltDel(self.i8042.clone()))
+        }
     }
 }
 
@@ -158,6 +166,23 @@ impl PowerButton for GedButton {
                 }
             }
             None => log::warn!("power button: no ACPI GED device"),
+        }
+    }
+}
+
+struct CtrlAltDel(Option<Arc<Mutex<I8042>>>);
+
+impl PowerButton for CtrlAltDel {
+    fn press(&mut self) {
+        match &self.0 {
+            Some(i8042) => {
+                log::info!("guest without ACPI: sending Ctrl-Alt-Del through the i8042");
+                i8042
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .send_ctrl_alt_del();
+            }
+            None => log::warn!("Ctrl-Alt-Del: no i8042 device"),
         }
     }
 }
@@ -217,10 +242,20 @@ pub fn attach_serial(
     Ok(())
 }
 
-/// The i8042 controller at 0x60/0x64, for the keyboard-controller reset path.
-pub fn attach_i8042(platform: &mut Platform) -> Result<(), AttachError> {
-    let dev = Arc::new(Mutex::new(I8042::new(platform.exit.clone())));
-    insert(&mut platform.pio, "i8042", dev, 0x60, 5)
+/// The i8042 controller at 0x60/0x64 with its keyboard on IRQ 1: the keyboard-controller
+/// reset path and Ctrl-Alt-Del.
+pub fn attach_i8042(vm: &VmFd, platform: &mut Platform) -> Result<(), AttachError> {
+    let irq: Arc<dyn Interrupt> = irqfd(vm, layout::I8042_GSI)?;
+    let dev = Arc::new(Mutex::new(I8042::new(platform.exit.clone(), irq)));
+    insert(&mut platform.pio, "i8042", dev.clone(), 0x60, 5)?;
+    platform.i8042 = Some(dev);
+    Ok(())
+}
+
+/// The CMOS RTC at ports 0x70/0x71 (probed by guests without ACPI).
+pub fn attach_cmos(platform: &mut Platform) -> Result<(), AttachError> {
+    let dev = Arc::new(Mutex::new(devices::legacy::cmos::Cmos::new()));
+    insert(&mut platform.pio, "CMOS RTC", dev, 0x70, 2)
 }
 
 /// The ACPI PM register (sleep control/status and reset) at port 0x3c0.

@@ -86,6 +86,9 @@ pub struct Machine {
     pub(crate) subscribers: Subscribers,
     pub(crate) platform: Platform,
     pub(crate) exit: Arc<ExitRequest>,
+    /// The guest's kernel uses the ACPI tables (no `acpi=off`): SIGTERM presses the power
+    /// button, else it sends Ctrl-Alt-Del.
+    pub(crate) guest_acpi: bool,
     /// Last, so the devices' backend connections close before the server is killed.
     pub(crate) _fs_server: Option<crate::fs_server::FsServer>,
 }
@@ -106,7 +109,8 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
     let mut platform = Platform::new(exit.clone());
 
     attach::attach_serial(&vm, &mut platform, &mut subscribers, cfg)?;
-    attach::attach_i8042(&mut platform)?;
+    attach::attach_i8042(&vm, &mut platform)?;
+    attach::attach_cmos(&mut platform)?;
     attach::attach_acpi_pm(&mut platform)?;
     attach::attach_pvpanic(&mut platform)?;
     attach::attach_ged(&vm, &mut platform)?;
@@ -142,6 +146,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
         timing,
     };
     let vcpus = create_vcpus(&kvm, &vm, num_cpus(cfg), &setup, &mut platform)?;
+    let guest_acpi = !crate::control::cmdline_disables_acpi(&cmdline);
     Ok(Machine {
         _kvm: kvm,
         _vm: vm,
@@ -150,6 +155,7 @@ pub fn build(cfg: &VmConfig, timing: Timing) -> Result<Machine, BuildError> {
         subscribers,
         platform,
         exit,
+        guest_acpi,
         _fs_server: fs_server,
     })
 }

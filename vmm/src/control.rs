@@ -1,14 +1,19 @@
 //! The main thread's control events: host signals, the guest's exit requests and the
 //! shutdown grace period.
 //!
-//! SIGTERM or SIGINT presses the ACPI power button once and starts the grace period; a second
-//! signal, or the end of the grace period, stops the VM hard. The signals are blocked in every
+//! SIGTERM or SIGINT asks the guest to stop once and starts the grace period; a second
+//! signal, or the end of the grace period, stops the VM hard. The request is the ACPI power
+//! button for a guest that uses ACPI, and Ctrl-Alt-Del through the i8042 for one booted with
+//! `acpi=off` (see `Platform::power_button`). Linux turns Ctrl-Alt-Del into a reboot (or, once
+//! init disabled that, SIGINT to init; busybox init and systemd then reboot cleanly), so a
+//! reboot or reset the guest asks for after a stop request ends the run as a stop
+//! ([`RunExit::Poweroff`]), not as [`RunExit::Reboot`]. The signals are blocked in every
 //! thread and read from a signalfd, so no handler runs in signal context.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::exit::ExitRequest;
+use devices::exit::{ExitKind, ExitRequest};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -28,7 +33,7 @@ pub enum ControlError {
     CreateSignalFd(#[source] nix::Error),
 }
 
-/// Something that asks the guest to shut down (the ACPI power button).
+/// Something that asks the guest to shut down (the ACPI power button, or Ctrl-Alt-Del).
 pub trait PowerButton: Send {
     fn press(&mut self);
 }
@@ -125,9 +130,32 @@ impl Control {
     fn on_exit_request(&mut self) {
         let _ = self.exit.event_fd().read();
         if let Some(kind) = self.exit.kind() {
-            self.outcome.get_or_insert(RunExit::from(kind));
+            let outcome = exit_outcome(kind, self.deadline.is_some());
+            self.outcome.get_or_insert(outcome);
         }
     }
+}
+
+/// The outcome of a guest exit request: a reboot or reset after a stop request is the guest
+/// honouring that request (Ctrl-Alt-Del reboots), so it counts as a stop.
+pub fn exit_outcome(kind: ExitKind, stop_requested: bool) -> RunExit {
+    match (kind, stop_requested) {
+        (ExitKind::Reboot, true) => {
+            log::info!("guest rebooted after the stop request: treated as stopped");
+            RunExit::Poweroff
+        }
+        (kind, _) => RunExit::from(kind),
+    }
+}
+
+/// Whether the kernel command line turns ACPI off (`acpi=off`; the last `acpi=` wins, as in
+/// Linux, where a later `acpi=force` turns it back on).
+pub fn cmdline_disables_acpi(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|arg| arg.strip_prefix("acpi="))
+        .next_back()
+        .is_some_and(|value| value == "off")
 }
 
 impl MutEventSubscriber for Control {
@@ -153,7 +181,6 @@ impl MutEventSubscriber for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::exit::ExitKind;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct CountingButton(Arc<AtomicUsize>);
@@ -211,5 +238,43 @@ mod tests {
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
         c.on_signal();
         assert_eq!(c.outcome(), Some(RunExit::HardStop));
+    }
+
+    #[test]
+    fn exit_outcome_when_reboot_after_stop_request_then_poweroff() {
+        assert_eq!(exit_outcome(ExitKind::Reboot, true), RunExit::Poweroff);
+        assert_eq!(exit_outcome(ExitKind::Reboot, false), RunExit::Reboot);
+        assert_eq!(exit_outcome(ExitKind::Poweroff, true), RunExit::Poweroff);
+        assert_eq!(exit_outcome(ExitKind::Crash, true), RunExit::Crash);
+        assert_eq!(exit_outcome(ExitKind::Crash, false), RunExit::Crash);
+    }
+
+    #[test]
+    fn exit_request_when_reset_follows_signal_then_outcome_poweroff() {
+        let (mut c, exit, presses) = control(Duration::from_secs(30));
+        // SAFETY: raising a blocked signal in this thread only queues it for the signalfd.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+        c.on_signal();
+        exit.request(ExitKind::Reboot);
+        c.on_exit_request();
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        assert_eq!(c.outcome(), Some(RunExit::Poweroff));
+    }
+
+    #[test]
+    fn exit_request_when_reset_without_signal_then_outcome_reboot() {
+        let (mut c, exit, _) = control(Duration::from_secs(30));
+        exit.request(ExitKind::Reboot);
+        c.on_exit_request();
+        assert_eq!(c.outcome(), Some(RunExit::Reboot));
+    }
+
+    #[test]
+    fn cmdline_disables_acpi_when_parsed_then_last_acpi_argument_wins() {
+        assert!(cmdline_disables_acpi("console=ttyS0 acpi=off quiet"));
+        assert!(!cmdline_disables_acpi("console=ttyS0 quiet"));
+        assert!(!cmdline_disables_acpi("acpi=off acpi=force"));
+        assert!(!cmdline_disables_acpi("noacpi=off pci=noacpi"));
+        assert!(cmdline_disables_acpi("acpi=force acpi=off"));
     }
 }

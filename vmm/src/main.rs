@@ -26,8 +26,9 @@ enum Command {
     /// Exit status: 0 guest powered off, 1 error, 2 invalid config, 3 guest reboot or reset
     /// (also a kernel panic with panic=N when the guest has no pvpanic driver), 4 guest crash
     /// (kernel panic reported through pvpanic, KVM internal error), 5 stopped hard after the shutdown
-    /// grace period. SIGTERM or SIGINT press the ACPI power button; a second signal, or the end of
-    /// `shutdown_grace_secs`, stops the VM at once.
+    /// grace period. SIGTERM or SIGINT press the ACPI power button (Ctrl-Alt-Del through the
+    /// i8042 when the cmdline has acpi=off; a reboot after that request exits 0); a second
+    /// signal, or the end of `shutdown_grace_secs`, stops the VM at once.
     Run {
         /// The VM config (JSON).
         config: PathBuf,

@@ -29,7 +29,7 @@ pub enum RunError {
 
 /// Starts the machine and returns how it ended.
 pub fn run(mut machine: Machine, mask: &SigSet, grace: Duration) -> Result<RunExit, RunError> {
-    let button = machine.platform.power_button();
+    let button = machine.platform.power_button(machine.guest_acpi);
     let control = Arc::new(Mutex::new(Control::new(
         mask,
         machine.exit.clone(),

@@ -3,6 +3,7 @@
 
 pub mod acpi_pm;
 pub mod boot_timer;
+pub mod cmos;
 pub mod ged;
 pub mod i8042;
 pub mod pvpanic;
