@@ -6,12 +6,15 @@
 //! [`attach`]) → [`run`] (vCPU threads from [`vcpu`] plus the event loop and [`control`]) →
 //! [`exit_code`].
 
+pub mod api;
 pub mod attach;
 pub mod builder;
 pub mod cli;
+pub mod commands;
 pub mod control;
 pub mod exit_code;
 pub mod logger;
+pub mod pause;
 pub mod run;
 pub mod terminal;
 pub mod timing;
