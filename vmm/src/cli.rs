@@ -1,11 +1,17 @@
 //! The `run` and `validate` commands: config in, exit status out, errors printed with context.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmconfig::VmConfig;
 
+use crate::api::live::LiveVm;
+use crate::api::server::{ControlServer, SocketOwner};
+use crate::control::ControlRequests;
 use crate::exit_code::RunExit;
+use crate::pause::VcpuPause;
+use crate::run::RunShared;
 use crate::terminal::RawTerminal;
 use crate::timing::{Milestone, Timing};
 
@@ -35,6 +41,20 @@ pub struct RunOptions {
     pub run_dir: Option<PathBuf>,
     /// The host storage config for `snapshot_on_start`.
     pub storage_config: Option<PathBuf>,
+    /// Owner and group of the control socket.
+    pub socket_owner: SocketOwner,
+}
+
+/// `<run_dir>/<name>.sock`: where the CLI looks for a VM's control socket (a symlink when
+/// `control_socket` puts the socket elsewhere).
+pub fn socket_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.sock"))
+}
+
+/// `<run_dir>/<name>.exit`: the exit status of the VM's last run, written just before its
+/// run lock is released.
+pub fn exit_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.exit"))
 }
 
 /// `tinyvmm run`: builds and runs the VM, returning how it ended.
@@ -54,7 +74,7 @@ pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
     };
     timing.set_enabled(cfg.boot_timer);
     timing.mark(Milestone::ConfigParsed);
-    if let Err(e) = check_unsupported(&cfg).and_then(|()| check_host_memory(&cfg)) {
+    if let Err(e) = check_host_memory(&cfg) {
         eprintln!("tinyvmm: {}: {e}", path.display());
         return RunExit::InvalidConfig;
     }
@@ -67,6 +87,7 @@ pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
         Ok(lock) => lock,
         Err(e) => return fail(&e),
     };
+    let _ = std::fs::remove_file(exit_path(&run_dir, &cfg.name));
     if let Err(e) = snapshot_before_boot(&cfg, opts.storage_config.as_deref()) {
         return fail(&e);
     }
@@ -74,11 +95,88 @@ pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
         Ok(m) => m,
         Err(e) => return fail(&e),
     };
+    let shared = match run_shared(&cfg) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let live = LiveVm::new(
+        &cfg,
+        timing.start(),
+        shared.pause.clone(),
+        shared.requests.clone(),
+        machine.platform.net_counters.clone(),
+    );
+    let _server = match start_control_socket(&cfg, &run_dir, opts.socket_owner, live) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
     let mut terminal = RawTerminal::enter();
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
-    let outcome = crate::run::run(machine, &mask, grace);
+    let outcome = crate::run::run(machine, &mask, grace, &shared);
     terminal.restore();
     timing.mark(Milestone::Exit);
+    let exit = outcome_exit(&cfg, outcome);
+    write_exit_status(&run_dir, &cfg.name, exit);
+    exit
+}
+
+/// Errors setting up the control socket's side of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSetupError {
+    #[error("install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    #[error("create the control request event")]
+    Requests(#[source] std::io::Error),
+    #[error(transparent)]
+    Server(#[from] crate::api::server::ServerError),
+    #[error("link {} to the control socket", link.display())]
+    Link {
+        link: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn run_shared(cfg: &VmConfig) -> Result<RunShared, ControlSetupError> {
+    crate::pause::install_kick_handler().map_err(ControlSetupError::KickHandler)?;
+    Ok(RunShared {
+        pause: Arc::new(VcpuPause::new(cfg.vcpus as usize)),
+        requests: Arc::new(ControlRequests::new().map_err(ControlSetupError::Requests)?),
+    })
+}
+
+/// Binds the VM's control socket (we hold the run lock, so anything there is stale).
+fn start_control_socket(
+    cfg: &VmConfig,
+    run_dir: &Path,
+    owner: SocketOwner,
+    live: LiveVm,
+) -> Result<ControlServer, ControlSetupError> {
+    let default = socket_path(run_dir, &cfg.name);
+    let path = cfg
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| default.clone());
+    let server = ControlServer::start(&path, owner, Arc::new(live))?;
+    if path != default {
+        let _ = std::fs::remove_file(&default);
+        std::os::unix::fs::symlink(&path, &default).map_err(|source| ControlSetupError::Link {
+            link: default.clone(),
+            source,
+        })?;
+    }
+    log::info!("control socket at {}", path.display());
+    Ok(server)
+}
+
+fn write_exit_status(run_dir: &Path, name: &str, exit: RunExit) {
+    let path = exit_path(run_dir, name);
+    if let Err(e) = std::fs::write(&path, format!("{}\n", exit.code())) {
+        log::warn!("cannot write the exit status to {}: {e}", path.display());
+    }
+}
+
+fn outcome_exit(cfg: &VmConfig, outcome: Result<RunExit, crate::run::RunError>) -> RunExit {
     match outcome {
         Ok(exit) => {
             log::info!(
@@ -116,18 +214,6 @@ fn snapshot_before_boot(
             snap.taken,
             cfg.name,
             snap.pruned
-        );
-    }
-    Ok(())
-}
-
-/// Refuses config sections this build cannot honour yet, instead of booting a guest that
-/// silently lacks them.
-fn check_unsupported(cfg: &VmConfig) -> Result<(), String> {
-    if let Some(sock) = &cfg.control_socket {
-        log::warn!(
-            "control_socket {}: the control socket is not implemented yet; ignored",
-            sock.display()
         );
     }
     Ok(())

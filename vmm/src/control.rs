@@ -10,7 +10,8 @@
 //! ([`RunExit::Poweroff`]), not as [`RunExit::Reboot`]. The signals are blocked in every
 //! thread and read from a signalfd, so no handler runs in signal context.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::exit::{ExitKind, ExitRequest};
@@ -18,11 +19,63 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::exit_code::RunExit;
 
 const TOKEN_SIGNAL: u32 = 1;
 const TOKEN_EXIT: u32 = 2;
+const TOKEN_API: u32 = 3;
+
+/// What the control socket asks of the main loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// Same as SIGTERM.
+    Shutdown,
+    /// Stop now (exit status 5, as after the grace period).
+    Kill,
+}
+
+/// The control socket's way into the main loop: a queue and an eventfd that wakes it. Also
+/// tells the socket whether the power button has been pressed.
+pub struct ControlRequests {
+    evt: EventFd,
+    queue: Mutex<Vec<ApiRequest>>,
+    stopping: AtomicBool,
+}
+
+impl ControlRequests {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            queue: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Queues `req` and wakes the main loop.
+    pub fn send(&self, req: ApiRequest) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // At most one of each kind is pending: a flood of requests stays bounded.
+        if !q.contains(&req) {
+            q.push(req);
+        }
+        drop(q);
+        if let Err(e) = self.evt.write(1) {
+            log::warn!("control: cannot wake the main loop: {e}");
+        }
+    }
+
+    /// Whether a shutdown is under way (power button pressed).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> Vec<ApiRequest> {
+        let _ = self.evt.read();
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// Errors setting up control events.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +109,7 @@ pub struct Control {
     grace: Duration,
     deadline: Option<Instant>,
     outcome: Option<RunExit>,
+    requests: Option<Arc<ControlRequests>>,
 }
 
 impl Control {
@@ -75,7 +129,14 @@ impl Control {
             grace,
             deadline: None,
             outcome: None,
+            requests: None,
         })
+    }
+
+    /// Also serves requests from the control socket.
+    pub fn with_requests(mut self, requests: Arc<ControlRequests>) -> Self {
+        self.requests = Some(requests);
+        self
     }
 
     /// How the run ended, once it has.
@@ -112,18 +173,45 @@ impl Control {
             let name = Signal::try_from(info.ssi_signo as i32)
                 .map(|s| s.as_str())
                 .unwrap_or("signal");
-            if self.deadline.is_some() {
-                log::warn!("second {name}: stopping the VM now");
-                self.outcome.get_or_insert(RunExit::HardStop);
-                return;
+            self.shutdown(name);
+        }
+    }
+
+    /// The one shutdown path of signals and the control socket: the first request presses
+    /// the power button and starts the grace period, a second one stops the VM at once.
+    fn shutdown(&mut self, why: &str) {
+        if self.deadline.is_some() {
+            log::warn!("second {why}: stopping the VM now");
+            self.outcome.get_or_insert(RunExit::HardStop);
+            return;
+        }
+        log::info!(
+            "{why}: pressing the power button, grace period {:?}",
+            self.grace
+        );
+        crate::notify::stopping();
+        self.button.press();
+        self.deadline = Some(Instant::now() + self.grace);
+        if let Some(r) = &self.requests {
+            r.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn on_api_request(&mut self) {
+        let Some(requests) = self.requests.clone() else {
+            return;
+        };
+        for req in requests.take() {
+            match req {
+                // A repeated socket shutdown only re-asks; it does not escalate like a
+                // second signal (stop --force / kill is the explicit way).
+                ApiRequest::Shutdown if self.deadline.is_some() => {}
+                ApiRequest::Shutdown => self.shutdown("control socket shutdown"),
+                ApiRequest::Kill => {
+                    log::warn!("control socket kill: stopping the VM now");
+                    self.outcome.get_or_insert(RunExit::HardStop);
+                }
             }
-            log::info!(
-                "{name}: pressing the power button, grace period {:?}",
-                self.grace
-            );
-            crate::notify::stopping();
-            self.button.press();
-            self.deadline = Some(Instant::now() + self.grace);
         }
     }
 
@@ -163,6 +251,7 @@ impl MutEventSubscriber for Control {
         match events.data() {
             TOKEN_SIGNAL => self.on_signal(),
             TOKEN_EXIT => self.on_exit_request(),
+            TOKEN_API => self.on_api_request(),
             other => log::warn!("control: event for unknown token {other}"),
         }
     }
@@ -173,6 +262,11 @@ impl MutEventSubscriber for Control {
         for ev in [sig, exit] {
             if let Err(e) = ops.add(ev) {
                 log::error!("control: cannot watch fd: {e}");
+            }
+        }
+        if let Some(r) = &self.requests {
+            if let Err(e) = ops.add(Events::with_data(&r.evt, TOKEN_API, EventSet::IN)) {
+                log::error!("control: cannot watch the control socket's eventfd: {e}");
             }
         }
     }
@@ -276,5 +370,23 @@ mod tests {
         assert!(!cmdline_disables_acpi("acpi=off acpi=force"));
         assert!(!cmdline_disables_acpi("noacpi=off pci=noacpi"));
         assert!(cmdline_disables_acpi("acpi=force acpi=off"));
+    }
+
+    #[test]
+    fn api_request_when_shutdown_twice_then_one_press_and_stopping_then_kill_hard_stops() {
+        let (c, _, presses) = control(Duration::from_secs(30));
+        let requests = Arc::new(ControlRequests::new().unwrap());
+        let mut c = c.with_requests(requests.clone());
+        requests.send(ApiRequest::Shutdown);
+        requests.send(ApiRequest::Shutdown);
+        c.on_api_request();
+        requests.send(ApiRequest::Shutdown);
+        c.on_api_request();
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        assert!(requests.stopping());
+        assert_eq!(c.outcome(), None);
+        requests.send(ApiRequest::Kill);
+        c.on_api_request();
+        assert_eq!(c.outcome(), Some(RunExit::HardStop));
     }
 }

@@ -6,14 +6,17 @@
 //! [`attach`]) → [`run`] (vCPU threads from [`vcpu`] plus the event loop and [`control`]) →
 //! [`exit_code`].
 
+pub mod api;
 pub mod attach;
 pub mod builder;
 pub mod cli;
+pub mod commands;
 pub mod control;
 pub mod exit_code;
 pub mod fs_server;
 pub mod logger;
 pub mod notify;
+pub mod pause;
 pub mod run;
 pub mod systemd;
 pub mod terminal;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use vmm::exit_code::RunExit;
@@ -39,6 +39,53 @@ enum Command {
         /// (default: /etc/tinyvmm/storage.json if it exists, else the built-in defaults).
         #[arg(long)]
         storage_config: Option<PathBuf>,
+        /// Owner of the control socket (user name or uid; default: this process's user).
+        #[arg(long)]
+        socket_owner: Option<String>,
+        /// Group of the control socket (group name or gid; members may control the VM).
+        #[arg(long)]
+        socket_group: Option<String>,
+    },
+    /// List every VM in the run dir: name, state, pid, uptime, vCPUs, memory, address.
+    Ls {
+        #[command(flatten)]
+        dir: RunDir,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one running VM's status and device counters.
+    Status {
+        vm: String,
+        #[command(flatten)]
+        dir: RunDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shut a VM down (as SIGTERM does) and wait until its process is gone; exits with the
+    /// VM's exit status.
+    Stop {
+        vm: String,
+        #[command(flatten)]
+        dir: RunDir,
+        /// Give up waiting after S seconds (exit 1; the VM keeps its own grace period).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Stop it at once instead of pressing the power button.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Park every vCPU of a VM.
+    Pause {
+        vm: String,
+        #[command(flatten)]
+        dir: RunDir,
+    },
+    /// Run a paused VM again.
+    Resume {
+        vm: String,
+        #[command(flatten)]
+        dir: RunDir,
     },
     /// Serve a directory to a VM over vhost-user (virtio-fs), like upstream virtiofsd.
     ///
@@ -73,6 +120,21 @@ enum SystemdCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct RunDir {
+    /// The run dir of `tinyvmm run` (default: $TINYVMM_RUN_DIR or /run/tinyvmm).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+impl RunDir {
+    fn path(&self) -> PathBuf {
+        self.run_dir
+            .clone()
+            .unwrap_or_else(vmconfig::lock::default_run_dir)
+    }
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
@@ -88,10 +150,20 @@ fn main() -> ExitCode {
             config,
             run_dir,
             storage_config,
+            socket_owner,
+            socket_group,
         } => {
+            let socket_owner = match parse_owner(socket_owner.as_deref(), socket_group.as_deref()) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("tinyvmm: {e}");
+                    return ExitCode::from(RunExit::InvalidConfig.code() as u8);
+                }
+            };
             let opts = vmm::cli::RunOptions {
                 run_dir,
                 storage_config,
+                socket_owner,
             };
             vmm::cli::run(&config, &opts, Timing::new(start, false))
         }
@@ -105,6 +177,7 @@ fn main() -> ExitCode {
                     configs,
                 },
         } => systemd_install(&prefix, &bin_dir, &configs),
+        other => return manage(other),
     };
     match code {
         RunExit::Poweroff => ExitCode::SUCCESS,
@@ -130,6 +203,106 @@ fn systemd_install(prefix: &Path, bin_dir: &Path, configs: &[PathBuf]) -> RunExi
             RunExit::Error
         }
     }
+}
+
+/// The VM-management commands; exit 0 on success, 1 on error (`stop`: the VM's exit status).
+fn manage(command: Command) -> ExitCode {
+    use vmm::commands;
+    let result = match command {
+        Command::Ls { dir, json } => commands::list(&dir.path()).map(|vms| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vms).unwrap_or_default());
+            } else {
+                print!("{}", commands::format_table(&vms));
+            }
+            ExitCode::SUCCESS
+        }),
+        Command::Status { vm, dir, json } => commands::status(&dir.path(), &vm).map(|s| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                print!("{}", format_status(&s));
+            }
+            ExitCode::SUCCESS
+        }),
+        Command::Stop {
+            vm,
+            dir,
+            timeout,
+            force,
+        } => commands::stop(&dir.path(), &vm, Duration::from_secs(timeout), force).map(|code| {
+            match code {
+                Some(code) => {
+                    println!("{vm}: stopped, exit status {code}");
+                    ExitCode::from(u8::try_from(code).unwrap_or(1))
+                }
+                None => {
+                    println!("{vm}: stopped (no exit status recorded)");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::Pause { vm, dir } => {
+            commands::pause(&dir.path(), &vm, true).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Resume { vm, dir } => {
+            commands::pause(&dir.path(), &vm, false).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Run { .. }
+        | Command::Validate { .. }
+        | Command::Virtiofsd(_)
+        | Command::Systemd { .. } => unreachable!("handled in main"),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("tinyvmm: error: {}", vmm::cli::error_chain(&e));
+        ExitCode::FAILURE
+    })
+}
+
+fn format_status(s: &vmm::api::VmStatus) -> String {
+    let mut out = format!(
+        "name: {}\nstate: {:?}\npid: {}\nuptime_ms: {}\nvcpus: {}\nmemory_mib: {}\nkernel: {}\n",
+        s.name, s.state, s.pid, s.uptime_ms, s.vcpus, s.memory_mib, s.kernel
+    );
+    if let Some(us) = s.boot_timer_us {
+        out.push_str(&format!("boot_timer_us: {us}\n"));
+    }
+    for a in &s.addresses {
+        out.push_str(&format!("address: {a}\n"));
+    }
+    for (dev, counters) in &s.devices {
+        out.push_str(&format!("{dev}: {counters}\n"));
+    }
+    out
+}
+
+/// `--socket-owner` / `--socket-group`: names or numeric ids.
+fn parse_owner(
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<vmm::api::server::SocketOwner, String> {
+    use nix::unistd::{Group, User};
+    let uid = match owner {
+        None => None,
+        Some(o) => Some(match o.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => match User::from_name(o) {
+                Ok(Some(u)) => u.uid.as_raw(),
+                _ => return Err(format!("--socket-owner: no such user {o:?}")),
+            },
+        }),
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => match Group::from_name(g) {
+                Ok(Some(gr)) => gr.gid.as_raw(),
+                _ => return Err(format!("--socket-group: no such group {g:?}")),
+            },
+        }),
+    };
+    Ok(vmm::api::server::SocketOwner { uid, gid })
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {

@@ -9,8 +9,9 @@ use std::time::Duration;
 use nix::sys::signal::SigSet;
 
 use crate::builder::Machine;
-use crate::control::{Control, ControlError};
+use crate::control::{Control, ControlError, ControlRequests};
 use crate::exit_code::RunExit;
+use crate::pause::VcpuPause;
 
 /// Errors while running the VM.
 #[derive(Debug, thiserror::Error)]
@@ -27,21 +28,31 @@ pub enum RunError {
     EventLoop(#[source] event_manager::Error),
 }
 
+/// What the control socket shares with the run.
+pub struct RunShared {
+    pub pause: Arc<VcpuPause>,
+    pub requests: Arc<ControlRequests>,
+}
+
 /// Starts the machine and returns how it ended.
-pub fn run(mut machine: Machine, mask: &SigSet, grace: Duration) -> Result<RunExit, RunError> {
+pub fn run(
+    mut machine: Machine,
+    mask: &SigSet,
+    grace: Duration,
+    shared: &RunShared,
+) -> Result<RunExit, RunError> {
     let button = machine.platform.power_button(machine.guest_acpi);
-    let control = Arc::new(Mutex::new(Control::new(
-        mask,
-        machine.exit.clone(),
-        button,
-        grace,
-    )?));
+    let control = Control::new(mask, machine.exit.clone(), button, grace)?
+        .with_requests(shared.requests.clone());
+    let control = Arc::new(Mutex::new(control));
     machine.subscribers.add_subscriber(control.clone());
 
     for vcpu in machine.vcpus.drain(..) {
         let id = vcpu.id;
-        vcpu.spawn()
+        let handle = vcpu
+            .spawn(shared.pause.clone())
             .map_err(|source| RunError::SpawnVcpu { id, source })?;
+        shared.pause.add_thread(handle);
     }
 
     loop {

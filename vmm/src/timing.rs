@@ -5,7 +5,20 @@
 //! before `exec` compute exec → event without trusting our own start point.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// The boot-timer time of this process's guest (µs since start, 0 = not seen yet), for the
+/// control socket.
+static BOOT_TIMER_US: AtomicU64 = AtomicU64::new(0);
+
+/// When the guest wrote the boot-timer port, if it has.
+pub fn boot_timer_us() -> Option<u64> {
+    match BOOT_TIMER_US.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(us),
+    }
+}
 
 /// Milestones a run reports, in the order they normally happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +89,10 @@ impl Timing {
 
     /// Prints the line for `milestone` with an already measured time.
     pub fn mark_at(&self, milestone: Milestone, us: u128) {
+        if milestone == Milestone::BootTimer {
+            let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
+            let _ = BOOT_TIMER_US.compare_exchange(0, us, Ordering::Relaxed, Ordering::Relaxed);
+        }
         if !self.enabled {
             return;
         }

@@ -8,6 +8,7 @@ use devices::exit::{ExitKind, ExitRequest};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use crate::pause::VcpuPause;
 use crate::timing::{Milestone, Timing};
 
 /// What the loop does after one exit.
@@ -28,25 +29,34 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// Starts the vCPU on a thread named `vcpu<N>`.
-    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the vCPU on a thread named `vcpu<N>`; it parks whenever `pause` says so.
+    pub fn spawn(self, pause: Arc<VcpuPause>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
-            .spawn(move || self.run())
+            .spawn(move || {
+                self.run(&pause);
+                pause.vcpu_exited();
+            })
     }
 
-    fn run(mut self) {
+    fn run(mut self, pause: &VcpuPause) {
         if self.id == 0 {
             self.timing.mark(Milestone::FirstVcpuEntry);
         }
         loop {
-            if let Next::Stop(kind) = self.run_once() {
-                log::info!("vcpu{}: stopping the VM ({kind:?})", self.id);
-                self.exit.request(kind);
-                return;
+            if pause.park_if_paused() {
+                // Tell a kvmclock guest the stall was the host's; EINVAL when it has none.
+                if let Err(e) = self.fd.kvmclock_ctrl() {
+                    log::debug!("vcpu{}: KVM_KVMCLOCK_CTRL: {e}", self.id);
+                }
             }
             // A device on this or another vCPU asked to stop: don't re-enter the guest.
             if self.exit.kind().is_some() {
+                return;
+            }
+            if let Next::Stop(kind) = self.run_once() {
+                log::info!("vcpu{}: stopping the VM ({kind:?})", self.id);
+                self.exit.request(kind);
                 return;
             }
         }
