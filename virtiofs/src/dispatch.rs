@@ -120,7 +120,7 @@ impl Server {
                 op::INIT => self.do_init(body),
                 _ => {
                     guest_warn!(
-                        self.limits.malformed,
+                        self.limits.malformed;
                         "virtio-fs: opcode {} before INIT",
                         h.opcode
                     );
@@ -239,7 +239,7 @@ impl Server {
                 let size = r.size as usize;
                 if size > self.opts.max_write as usize || size > room {
                     guest_warn!(
-                        self.limits.malformed,
+                        self.limits.malformed;
                         "virtio-fs: READ of {} bytes, {} writable",
                         size,
                         room
@@ -253,7 +253,7 @@ impl Server {
                 let size = w.size as usize;
                 if size > self.opts.max_write as usize || size > rest.len() {
                     guest_warn!(
-                        self.limits.malformed,
+                        self.limits.malformed;
                         "virtio-fs: WRITE of {} bytes with {} present",
                         size,
                         rest.len()
@@ -397,7 +397,7 @@ impl Server {
             | op::TMPFILE
             | op::NOTIFY_REPLY => Reply::Err(libc::ENOSYS),
             other => {
-                guest_warn!(self.limits.unsupported, "virtio-fs: unknown opcode {other}");
+                guest_warn!(self.limits.unsupported; "virtio-fs: unknown opcode {other}");
                 Reply::Err(libc::ENOSYS)
             }
         };

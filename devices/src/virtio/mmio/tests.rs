@@ -531,3 +531,19 @@ fn queue_ready_when_cleared_after_driver_ok_then_reads_zero_and_device_stays_act
     );
     assert!(h.dev.lock().unwrap().active);
 }
+
+#[test]
+fn write_when_100k_bad_register_writes_then_logged_bytes_bounded() {
+    let cap = crate::ratelimit::capture::install();
+    let mut h = Harness::new();
+    let before = cap.bytes_matching("virtio-mmio");
+    for i in 0..100_000u32 {
+        // Read-only register, then DriverFeatures in the wrong status: two limited sites.
+        h.w(regs::MAGIC_VALUE, i);
+        h.w(regs::DRIVER_FEATURES, i);
+    }
+    let logged = cap.bytes_matching("virtio-mmio") - before;
+    assert!(logged > 0, "nothing was logged");
+    // Unthrottled this would be ~19 MB.
+    assert!(logged < 16 * 1024, "{logged} bytes logged");
+}
