@@ -15,7 +15,7 @@ use super::limits::*;
 use super::request::{self, BadRequest, Context, STATUS_OK};
 use crate::ratelimit::{guest_warn, RateLimiter};
 use crate::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use crate::virtio::queue_loop::{serve_available, Served};
+use crate::virtio::queue_loop::{serve_available_budget, Served};
 use crate::virtio::{
     device_type, read_config_bytes, ActivateArgs, ActivateError, EventGlue, VirtioDevice,
     VirtioInterrupt,
@@ -101,8 +101,10 @@ impl Block {
         self.bounce.capacity()
     }
 
-    /// Serves every available request, then interrupts the guest if it asked to be.
-    /// Returns whether it did. Does nothing while the device is not active.
+    /// Serves up to [`BUDGET`] available requests (re-kicking its own queue eventfd when
+    /// more may remain, so the event loop serves its other events in between), then
+    /// interrupts the guest if it asked to be. Returns whether it did. Does nothing while the
+    /// device is not active.
     pub fn process_queue(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
@@ -115,9 +117,13 @@ impl Block {
             counters: &self.counters,
             log: &self.log,
         };
-        let drained = serve_available("virtio-blk", &mut active.queue, &active.mem, |chain| {
-            Served::Used(server.serve(chain))
-        });
+        let drained = serve_available_budget(
+            "virtio-blk",
+            &mut active.queue,
+            &active.mem,
+            BUDGET,
+            |chain| Served::Used(server.serve(chain)),
+        );
         if drained.bad_heads > 0 {
             self.counters
                 .bad
@@ -125,7 +131,12 @@ impl Block {
         }
         if drained.notify {
             if let Err(e) = active.interrupt.signal_used_queue() {
-                log::error!("virtio-blk: cannot interrupt the guest: {e}");
+                crate::guest_error!("virtio-blk: cannot interrupt the guest: {e}");
+            }
+        }
+        if drained.exhausted {
+            if let Err(e) = self.glue.kick_queue(0) {
+                crate::guest_error!("virtio-blk: cannot reschedule the queue: {e}");
             }
         }
         drained.notify
