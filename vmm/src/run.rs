@@ -23,6 +23,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
     #[error("wait for events")]
     EventLoop(#[source] event_manager::Error),
 }
@@ -38,19 +40,40 @@ pub fn run(mut machine: Machine, mask: &SigSet, grace: Duration) -> Result<RunEx
     )?));
     machine.subscribers.add_subscriber(control.clone());
 
+    crate::vcpu::install_kick_handler().map_err(RunError::KickHandler)?;
+    let mut threads = Vec::with_capacity(machine.vcpus.len());
     for vcpu in machine.vcpus.drain(..) {
         let id = vcpu.id;
-        vcpu.spawn()
-            .map_err(|source| RunError::SpawnVcpu { id, source })?;
+        let spawned = vcpu.spawn();
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(source) => {
+                crate::vcpu::stop_all(&machine.exit, threads, VCPU_STOP_TIMEOUT);
+                return Err(RunError::SpawnVcpu { id, source });
+            }
+        }
     }
 
+    let outcome = serve(&mut machine, &control);
+    let left = crate::vcpu::stop_all(&machine.exit, threads, VCPU_STOP_TIMEOUT);
+    if left > 0 {
+        log::warn!("{left} vCPU thread(s) did not stop within {VCPU_STOP_TIMEOUT:?}");
+    }
+    outcome
+}
+
+/// How long stopping waits for the vCPU threads to leave KVM_RUN.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The event loop: devices and control until control reports an outcome.
+fn serve(machine: &mut Machine, control: &Arc<Mutex<Control>>) -> Result<RunExit, RunError> {
     loop {
-        let timeout = lock(&control).timeout_ms();
+        let timeout = lock(control).timeout_ms();
         machine
             .subscribers
             .run_with_timeout(timeout)
             .map_err(RunError::EventLoop)?;
-        let mut c = lock(&control);
+        let mut c = lock(control);
         c.check_deadline();
         if let Some(outcome) = c.outcome() {
             return Ok(outcome);
