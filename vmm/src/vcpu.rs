@@ -187,6 +187,75 @@ fn system_event(kind: u32) -> ExitKind {
 mod tests {
     use super::*;
 
+    /// A real-mode guest that spins on `jmp $` forever (it never exits on its own) is kicked
+    /// out of KVM_RUN by `stop_all`. Needs /dev/kvm (CI runs as root on a KVM host); fails
+    /// loudly without it.
+    #[test]
+    fn stop_all_when_guest_spins_in_kvm_run_then_every_vcpu_thread_ends() {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm is required for this test");
+        let vm = kvm.create_vm().unwrap();
+        let mem_size = 0x1000;
+        // SAFETY: an anonymous private mapping with no preconditions; checked below.
+        let host = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mem_size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(host, libc::MAP_FAILED);
+        // SAFETY: the mapping is mem_size bytes and writable; `jmp $` is EB FE.
+        unsafe { std::ptr::copy_nonoverlapping([0xebu8, 0xfe].as_ptr(), host.cast(), 2) };
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: mem_size as u64,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region maps memory this test owns for the VM's whole life.
+        unsafe { vm.set_user_memory_region(region).unwrap() };
+        let exit = Arc::new(ExitRequest::new().unwrap());
+        install_kick_handler().unwrap();
+        let mut threads = Vec::new();
+        for id in 0..2u8 {
+            let fd = vm.create_vcpu(u64::from(id)).unwrap();
+            let mut sregs = fd.get_sregs().unwrap();
+            sregs.cs.base = 0;
+            sregs.cs.selector = 0;
+            fd.set_sregs(&sregs).unwrap();
+            let mut regs = fd.get_regs().unwrap();
+            regs.rip = 0;
+            regs.rflags = 2;
+            fd.set_regs(&regs).unwrap();
+            let vcpu = Vcpu {
+                id,
+                fd,
+                pio: Arc::new(Bus::new()),
+                mmio: Arc::new(Bus::new()),
+                exit: exit.clone(),
+                timing: Timing::new(Instant::now(), false),
+            };
+            threads.push(vcpu.spawn().unwrap());
+        }
+        // Both threads are inside the guest (or about to be): the loop never exits by itself.
+        assert!(threads.iter().all(|t| !t.is_finished()));
+
+        let started = Instant::now();
+        let left = stop_all(&exit, threads, Duration::from_secs(5));
+        let took = started.elapsed();
+
+        assert_eq!(left, 0, "vCPU threads still in KVM_RUN after {took:?}");
+        assert!(took < Duration::from_secs(2), "stopping took {took:?}");
+        assert_eq!(exit.kind(), None, "a kick is not a guest exit request");
+        drop(vm);
+        // SAFETY: the VM (and its vCPUs) are gone; the mapping is ours.
+        unsafe { libc::munmap(host, mem_size) };
+    }
+
     #[test]
     fn system_event_when_mapped_then_matches_kvm_meaning() {
         assert_eq!(system_event(KVM_SYSTEM_EVENT_SHUTDOWN), ExitKind::Poweroff);
