@@ -195,3 +195,23 @@ fn enqueue_when_interrupt_fails_then_bytes_still_counted_and_readable() {
     assert_eq!(queued, 3);
     assert_eq!(guest_read_all(&serial), b"abc");
 }
+
+#[test]
+fn access_when_100k_bad_widths_and_offsets_then_logged_bytes_bounded() {
+    let cap = crate::ratelimit::capture::install();
+    let buf = SharedBuf::default();
+    let (serial, _irq) = serial_with(Box::new(buf.clone()));
+    let before = cap.bytes_from("serial");
+    let mut wide = [0u8; 4];
+    for _ in 0..100_000 {
+        let mut s = serial.lock().unwrap();
+        s.read(DATA, &mut wide);
+        s.write(DATA, b"ab");
+        s.write(300, b"a");
+    }
+    let logged = cap.bytes_from("serial") - before;
+    assert!(logged > 0, "nothing was logged");
+    // Unthrottled this would be ~12 MB.
+    assert!(logged < 16 * 1024, "{logged} bytes logged");
+    assert!(buf.0.lock().unwrap().is_empty());
+}
