@@ -1,6 +1,6 @@
 //! How a device asks the VMM to stop the machine (guest poweroff, reboot, reset).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -15,6 +15,26 @@ pub enum ExitKind {
     Crash,
 }
 
+impl ExitKind {
+    /// The value stored in [`ExitRequest`]'s atomic (0 means "none yet").
+    const fn to_u8(self) -> u8 {
+        match self {
+            ExitKind::Poweroff => 1,
+            ExitKind::Reboot => 2,
+            ExitKind::Crash => 3,
+        }
+    }
+
+    const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(ExitKind::Poweroff),
+            2 => Some(ExitKind::Reboot),
+            3 => Some(ExitKind::Crash),
+            _ => None,
+        }
+    }
+}
+
 /// A one-shot request to stop the machine, shared by devices and the VMM's event loop.
 ///
 /// The first request wins; later ones are ignored, so a guest that writes the reset register
@@ -22,7 +42,11 @@ pub enum ExitKind {
 #[derive(Debug)]
 pub struct ExitRequest {
     evt: EventFd,
-    kind: Mutex<Option<ExitKind>>,
+    /// 0 until the first request, then its `ExitKind::to_u8`. An atomic, because every vCPU
+    /// checks it after every exit.
+    kind: AtomicU8,
+    /// Set when the VMM stops the vCPUs for its own reasons (hard stop, a signal).
+    halted: AtomicBool,
 }
 
 impl ExitRequest {
@@ -30,17 +54,17 @@ impl ExitRequest {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             evt: EventFd::new(EFD_NONBLOCK)?,
-            kind: Mutex::new(None),
+            kind: AtomicU8::new(0),
+            halted: AtomicBool::new(false),
         })
     }
 
     /// Records `kind` unless a request was already made, and wakes the event loop.
     pub fn request(&self, kind: ExitKind) {
-        let mut slot = self.kind.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(kind);
-        }
-        drop(slot);
+        // First request wins: a failed exchange means one was already recorded.
+        let _ = self
+            .kind
+            .compare_exchange(0, kind.to_u8(), Ordering::AcqRel, Ordering::Acquire);
         if let Err(e) = self.evt.write(1) {
             log::error!("exit request: cannot signal event fd: {e}");
         }
@@ -48,7 +72,17 @@ impl ExitRequest {
 
     /// The request made so far, if any.
     pub fn kind(&self) -> Option<ExitKind> {
-        *self.kind.lock().unwrap_or_else(|e| e.into_inner())
+        ExitKind::from_u8(self.kind.load(Ordering::Acquire))
+    }
+
+    /// Tells every vCPU not to re-enter the guest (the VMM is stopping the machine).
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+    }
+
+    /// Whether [`halt`](Self::halt) was called.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
     }
 
     /// The fd the event loop watches.

@@ -9,4 +9,5 @@ pub mod bus;
 pub mod exit;
 pub mod interrupt;
 pub mod legacy;
+pub mod ratelimit;
 pub mod virtio;

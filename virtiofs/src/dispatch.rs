@@ -137,7 +137,7 @@ impl Server {
                 op::INIT => self.do_init(body),
                 _ => {
                     guest_warn!(
-                        self.limits.malformed,
+                        self.limits.malformed;
                         "virtio-fs: opcode {} before INIT",
                         h.opcode
                     );
@@ -266,7 +266,7 @@ impl Server {
                 let size = r.size as usize;
                 if size > self.opts.max_write as usize || size > room {
                     guest_warn!(
-                        self.limits.malformed,
+                        self.limits.malformed;
                         "virtio-fs: READ of {} bytes, {} writable",
                         size,
                         room
@@ -280,7 +280,7 @@ impl Server {
                 let size = w.size as usize;
                 if size > self.opts.max_write as usize || size > rest.len() {
                     guest_warn!(
-                        self.limits.malformed,
+                        self.limits.malformed;
                         "virtio-fs: WRITE of {} bytes with {} present",
                         size,
                         rest.len()
@@ -428,7 +428,7 @@ impl Server {
             | op::TMPFILE
             | op::NOTIFY_REPLY => Reply::Err(libc::ENOSYS),
             other => {
-                guest_warn!(self.limits.unsupported, "virtio-fs: unknown opcode {other}");
+                guest_warn!(self.limits.unsupported; "virtio-fs: unknown opcode {other}");
                 Reply::Err(libc::ENOSYS)
             }
         };

@@ -285,7 +285,7 @@ impl Server {
             (Ok(r), Ok(w)) => (r, w),
             _ => {
                 guest_warn!(
-                    self.limits.malformed,
+                    self.limits.malformed;
                     "virtio-fs: descriptor chain outside guest memory"
                 );
                 return 0;
@@ -295,7 +295,7 @@ impl Server {
         let take = avail.min(max_request(self.opts.max_write));
         let mut req = vec![0u8; take];
         if reader.read_exact(&mut req).is_err() {
-            guest_warn!(self.limits.malformed, "virtio-fs: unreadable request");
+            guest_warn!(self.limits.malformed; "virtio-fs: unreadable request");
             return 0;
         }
         let out_cap = writer.available_bytes();
@@ -306,7 +306,7 @@ impl Server {
             Ok(()) => reply.len() as u32,
             Err(_) => {
                 guest_warn!(
-                    self.limits.malformed,
+                    self.limits.malformed;
                     "virtio-fs: reply could not be written"
                 );
                 0
@@ -327,7 +327,7 @@ impl Server {
         let out_hdr = std::mem::size_of::<OutHeader>();
         let Some(h) = abi::read_prefix::<InHeader>(req) else {
             guest_warn!(
-                self.limits.malformed,
+                self.limits.malformed;
                 "virtio-fs: request of {total} bytes is shorter than a FUSE header"
             );
             return None;
@@ -335,7 +335,7 @@ impl Server {
         let len = h.len as usize;
         let reply = if len < std::mem::size_of::<InHeader>() || len > total || len > req.len() {
             guest_warn!(
-                self.limits.malformed,
+                self.limits.malformed;
                 "virtio-fs: opcode {} header len {} but request is {} bytes (read {})",
                 h.opcode,
                 h.len,
@@ -364,7 +364,7 @@ impl Server {
         };
         let (error, body) = if out_hdr + body.len() > out_cap {
             guest_warn!(
-                self.limits.malformed,
+                self.limits.malformed;
                 "virtio-fs: opcode {} reply of {} bytes does not fit the {} writable bytes",
                 h.opcode,
                 out_hdr + body.len(),
@@ -376,7 +376,7 @@ impl Server {
         };
         if out_hdr > out_cap {
             guest_warn!(
-                self.limits.malformed,
+                self.limits.malformed;
                 "virtio-fs: opcode {} has no room for a reply",
                 h.opcode
             );
@@ -408,7 +408,7 @@ impl Server {
         };
         if i.major != abi::KERNEL_VERSION || i.minor < abi::MIN_KERNEL_MINOR_VERSION {
             guest_warn!(
-                self.limits.unsupported,
+                self.limits.unsupported;
                 "virtio-fs: guest speaks FUSE {}.{}",
                 i.major,
                 i.minor
@@ -432,7 +432,7 @@ impl Server {
         {
             let mut s = self.session.write().unwrap_or_else(|p| p.into_inner());
             if s.is_some() {
-                guest_warn!(self.limits.malformed, "virtio-fs: second INIT refused");
+                guest_warn!(self.limits.malformed; "virtio-fs: second INIT refused");
                 return Reply::Err(libc::EIO);
             }
             *s = Some(Session { minor, flags });

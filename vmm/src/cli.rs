@@ -138,7 +138,7 @@ pub enum ControlSetupError {
 }
 
 fn run_shared(cfg: &VmConfig) -> Result<RunShared, ControlSetupError> {
-    crate::pause::install_kick_handler().map_err(ControlSetupError::KickHandler)?;
+    crate::vcpu::install_kick_handler().map_err(ControlSetupError::KickHandler)?;
     Ok(RunShared {
         pause: Arc::new(VcpuPause::new(cfg.vcpus as usize)),
         requests: Arc::new(ControlRequests::new().map_err(ControlSetupError::Requests)?),

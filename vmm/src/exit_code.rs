@@ -20,6 +20,8 @@ pub enum RunExit {
     Crash = 4,
     /// A shutdown request was not honoured within the grace period; the VM was stopped hard.
     HardStop = 5,
+    /// tinyvmm hit an internal error (a panic: a bug); the terminal was restored.
+    Panic = 6,
 }
 
 impl RunExit {
@@ -52,9 +54,10 @@ mod tests {
             RunExit::Reboot,
             RunExit::Crash,
             RunExit::HardStop,
+            RunExit::Panic,
         ];
         let codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(RunExit::from(ExitKind::Reboot), RunExit::Reboot);
     }
 }

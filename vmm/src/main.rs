@@ -137,6 +137,11 @@ impl RunDir {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    vmm::terminal::install_panic_hook(RunExit::Panic.code());
+    if std::env::var_os("TINYVMM_TEST_PANIC").is_some() {
+        // For the exit-code test only: proves the hook end to end in the real binary.
+        panic!("TINYVMM_TEST_PANIC is set");
+    }
     let cli = Cli::parse();
     let level = cli.log_level.unwrap_or_else(|| {
         std::env::var("TINYVMM_LOG")

@@ -1,9 +1,9 @@
 //! Pausing the vCPUs: each vCPU thread parks on a condvar between two KVM_RUN calls.
 //!
-//! A vCPU inside KVM_RUN is kicked out with a real-time signal whose handler does nothing;
-//! KVM_RUN returns EINTR and the loop parks. A kick that lands just before the thread enters
-//! KVM_RUN would be lost, so [`VcpuPause::pause`] repeats the kicks until every vCPU has parked
-//! (or exited), with a deadline.
+//! A vCPU inside KVM_RUN is kicked out with the vCPU kick signal ([`crate::vcpu::kick_signal`],
+//! whose handler sets `immediate_exit`, so a kick just before KVM_RUN is not lost either);
+//! KVM_RUN returns EINTR and the loop parks. [`VcpuPause::pause`] still repeats the kicks
+//! until every vCPU has parked (or exited), with a deadline.
 //!
 //! The guest clock: kvmclock keeps following host time, so after a resume the guest's wall
 //! clock is right and its monotonic clock has jumped by the pause length. Each vCPU calls
@@ -14,23 +14,13 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::Killable;
+
+use crate::vcpu::kick_signal;
 
 /// How long a pause waits for every vCPU to park.
 const PARK_DEADLINE: Duration = Duration::from_secs(3);
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
-
-/// The signal that kicks a vCPU out of KVM_RUN.
-pub fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
-}
-
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Installs the (empty) kick handler; without it the signal would kill the process.
-pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
-    register_signal_handler(kick_signal(), on_kick)
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -71,6 +61,11 @@ impl VcpuPause {
     /// Keeps the vCPU threads' handles (alive, so their pthread ids stay valid for kicks).
     pub fn add_thread(&self, handle: JoinHandle<()>) {
         lock(&self.threads).push(handle);
+    }
+
+    /// Hands the vCPU threads over for [`crate::vcpu::stop_all`] at the end of the run.
+    pub fn take_threads(&self) -> Vec<JoinHandle<()>> {
+        std::mem::take(&mut *lock(&self.threads))
     }
 
     pub fn is_paused(&self) -> bool {
@@ -165,7 +160,7 @@ mod tests {
     /// Threads that spin like a vCPU loop (a blocking "run" kicked by the signal is what the
     /// PVM test covers; here the loop checks between iterations).
     fn spinners(n: usize) -> (Arc<VcpuPause>, Arc<AtomicU64>, Arc<AtomicBool>) {
-        install_kick_handler().unwrap();
+        crate::vcpu::install_kick_handler().unwrap();
         let pause = Arc::new(VcpuPause::new(n));
         let work = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));

@@ -24,6 +24,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("install the vCPU kick signal handler")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
     #[error("wait for events")]
     EventLoop(#[source] event_manager::Error),
 }
@@ -47,21 +49,48 @@ pub fn run(
     let control = Arc::new(Mutex::new(control));
     machine.subscribers.add_subscriber(control.clone());
 
+    crate::vcpu::install_kick_handler().map_err(RunError::KickHandler)?;
     for vcpu in machine.vcpus.drain(..) {
         let id = vcpu.id;
-        let handle = vcpu
-            .spawn(shared.pause.clone())
-            .map_err(|source| RunError::SpawnVcpu { id, source })?;
-        shared.pause.add_thread(handle);
+        match vcpu.spawn(shared.pause.clone()) {
+            Ok(t) => shared.pause.add_thread(t),
+            Err(source) => {
+                crate::vcpu::stop_all(
+                    &machine.exit,
+                    shared.pause.take_threads(),
+                    VCPU_STOP_TIMEOUT,
+                );
+                return Err(RunError::SpawnVcpu { id, source });
+            }
+        }
     }
 
+    let outcome = serve(&mut machine, &control);
+    // A paused VM that is stopped (kill, second signal) must not leave vCPUs parked forever.
+    let _ = shared.pause.resume();
+    let left = crate::vcpu::stop_all(
+        &machine.exit,
+        shared.pause.take_threads(),
+        VCPU_STOP_TIMEOUT,
+    );
+    if left > 0 {
+        log::warn!("{left} vCPU thread(s) did not stop within {VCPU_STOP_TIMEOUT:?}");
+    }
+    outcome
+}
+
+/// How long stopping waits for the vCPU threads to leave KVM_RUN.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The event loop: devices and control until control reports an outcome.
+fn serve(machine: &mut Machine, control: &Arc<Mutex<Control>>) -> Result<RunExit, RunError> {
     loop {
-        let timeout = lock(&control).timeout_ms();
+        let timeout = lock(control).timeout_ms();
         machine
             .subscribers
             .run_with_timeout(timeout)
             .map_err(RunError::EventLoop)?;
-        let mut c = lock(&control);
+        let mut c = lock(control);
         c.check_deadline();
         if let Some(outcome) = c.outcome() {
             return Ok(outcome);

@@ -1,4 +1,34 @@
-//! Puts an interactive terminal in raw mode while the guest owns the console.
+//! Puts an interactive terminal in raw mode while the guest owns the console, and puts it
+//! back on every way out, a panic included ([`install_panic_hook`]).
+
+use std::sync::OnceLock;
+
+/// The mode stdin had before the first [`RawTerminal::enter`], for the panic hook (which
+/// cannot reach the `RawTerminal` on some thread's stack).
+static ORIGINAL: OnceLock<libc::termios> = OnceLock::new();
+
+/// Restores the saved terminal mode, if raw mode was ever entered.
+fn restore_original() {
+    if let Some(original) = ORIGINAL.get() {
+        // SAFETY: valid fd and the termios read by `enter`.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, original) };
+    }
+}
+
+/// Installs a panic hook that restores the terminal, prints the panic once on stderr and
+/// exits with `code` at once (the release build aborts on panic; without the hook that is
+/// status 134 with the terminal left raw).
+pub fn install_panic_hook(code: i32) {
+    std::panic::set_hook(Box::new(move |info| {
+        restore_original();
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        eprintln!("tinyvmm: internal error (a bug): thread '{name}' {info}");
+        // SAFETY: _exit ends the process without running destructors or atexit handlers,
+        // which may be in an inconsistent state after a panic.
+        unsafe { libc::_exit(code) };
+    }));
+}
 
 /// Restores the terminal's original mode when dropped or on [`RawTerminal::restore`].
 pub struct RawTerminal {
@@ -18,6 +48,7 @@ impl RawTerminal {
         if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut original) } != 0 {
             return Self { original: None };
         }
+        let _ = ORIGINAL.set(original);
         let mut raw = original;
         // SAFETY: cfmakeraw only edits the struct we pass.
         unsafe { libc::cfmakeraw(&mut raw) };

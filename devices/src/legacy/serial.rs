@@ -55,7 +55,7 @@ impl SerialEvents for InputWakeup {
         // one after the FIFO filled up needs to wake the event loop.
         if self.armed.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.evt.write(1) {
-                log::error!("serial: cannot wake the input handler: {e}");
+                crate::guest_error!("serial: cannot wake the input handler: {e}");
             }
         }
     }
@@ -113,7 +113,7 @@ impl Serial {
             Ok(n) => n,
             Err(e) => {
                 // The bytes are queued before the interrupt is raised, so they still count.
-                log::error!("serial: cannot deliver input interrupt: {e:?}");
+                crate::guest_error!("serial: cannot deliver input interrupt: {e:?}");
                 input.len().min(room)
             }
         }
@@ -133,27 +133,27 @@ impl BusDevice for Serial {
         data.fill(0);
         match (u8::try_from(offset), data) {
             (Ok(off), [byte]) if offset < COM1_LEN => *byte = self.uart.read(off),
-            _ => log::warn!("serial: {len}-byte read at offset {offset} ignored"),
+            _ => crate::guest_warn!("serial: {len}-byte read at offset {offset} ignored"),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let (Ok(off), [value]) = (u8::try_from(offset), data) else {
-            log::warn!(
+            crate::guest_warn!(
                 "serial: {}-byte write at offset {offset} ignored",
                 data.len()
             );
             return;
         };
         if offset >= COM1_LEN {
-            log::warn!("serial: write at offset {offset} ignored");
+            crate::guest_warn!("serial: write at offset {offset} ignored");
             return;
         }
         if let Err(e) = self.uart.write(off, *value) {
             // Only the first loss is worth a log line: a closed stdout would repeat it for
             // every byte the guest prints.
             if self.lost_output == 0 {
-                log::warn!("serial: guest output lost: {e:?}");
+                crate::guest_warn!("serial: guest output lost: {e:?}");
             }
             self.lost_output += 1;
         }

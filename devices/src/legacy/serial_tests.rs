@@ -195,3 +195,30 @@ fn enqueue_when_interrupt_fails_then_bytes_still_counted_and_readable() {
     assert_eq!(queued, 3);
     assert_eq!(guest_read_all(&serial), b"abc");
 }
+
+#[test]
+fn access_when_100k_bad_widths_and_offsets_then_logged_bytes_bounded() {
+    let cap = crate::ratelimit::capture::install();
+    // Rate-limited call sites the flood hits.
+    const SITES: usize = 3;
+    let buf = SharedBuf::default();
+    let (serial, _irq) = serial_with(Box::new(buf.clone()));
+    let before = cap.bytes_from("serial");
+    let started = std::time::Instant::now();
+    let mut wide = [0u8; 4];
+    for _ in 0..100_000 {
+        let mut s = serial.lock().unwrap();
+        s.read(DATA, &mut wide);
+        s.write(DATA, b"ab");
+        s.write(300, b"a");
+    }
+    let logged = cap.bytes_from("serial") - before;
+    eprintln!("flood: {logged} bytes logged");
+    assert!(logged > 0, "nothing was logged");
+    // Unthrottled this would be ~12 MB.
+    // At most LINES_PER_WINDOW lines (under 200 bytes each) per call site per window.
+    let windows = started.elapsed().as_secs() + 2;
+    let bound = windows as usize * crate::ratelimit::LINES_PER_WINDOW as usize * 200 * SITES;
+    assert!(logged <= bound, "{logged} bytes logged, bound {bound}");
+    assert!(buf.0.lock().unwrap().is_empty());
+}

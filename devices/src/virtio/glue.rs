@@ -111,6 +111,15 @@ impl EventGlue {
         None
     }
 
+    /// Re-signals the watched eventfd of queue `index` (event loop thread), so a device that
+    /// stopped on its budget is served again after the loop has handled its other events.
+    pub fn kick_queue(&self, index: usize) -> std::io::Result<()> {
+        match self.registered.get(index) {
+            Some(evt) => evt.write(1),
+            None => Ok(()),
+        }
+    }
+
     /// Whether queue eventfds are currently watched (for tests and diagnostics).
     pub fn watched_queues(&self) -> usize {
         self.registered.len()

@@ -69,14 +69,14 @@ where
     let mut empty_rounds = 0;
     'outer: loop {
         if let Err(e) = queue.disable_notification(mem) {
-            log::error!("{name}: cannot disable queue notifications: {e}");
+            crate::guest_error!("{name}: cannot disable queue notifications: {e}");
         }
         let mut popped = false;
         loop {
             if out.used.saturating_add(out.bad_heads) >= budget {
                 out.exhausted = true;
                 if let Err(e) = queue.enable_notification(mem) {
-                    log::error!("{name}: cannot enable queue notifications: {e}");
+                    crate::guest_error!("{name}: cannot enable queue notifications: {e}");
                 }
                 break 'outer;
             }
@@ -87,14 +87,14 @@ where
             empty_rounds = 0;
             let head = chain.head_index();
             if head >= queue.size() {
-                log::warn!("{name}: available ring names descriptor {head}; skipped");
+                crate::guest_warn!("{name}: available ring names descriptor {head}; skipped");
                 out.bad_heads += 1;
                 continue;
             }
             match serve(chain) {
                 Served::Used(len) => match queue.add_used(mem, head, len) {
                     Ok(()) => out.used += 1,
-                    Err(e) => log::error!("{name}: cannot return chain {head}: {e}"),
+                    Err(e) => crate::guest_error!("{name}: cannot return chain {head}: {e}"),
                 },
                 Served::Later => {
                     queue.go_to_previous_position();
@@ -102,7 +102,7 @@ where
                     // Keep notifications on: the device retries when the guest adds more
                     // or when its own backend becomes ready.
                     if let Err(e) = queue.enable_notification(mem) {
-                        log::error!("{name}: cannot enable queue notifications: {e}");
+                        crate::guest_error!("{name}: cannot enable queue notifications: {e}");
                     }
                     break 'outer;
                 }
@@ -121,13 +121,13 @@ where
                 continue;
             }
             Ok(true) => {
-                log::warn!("{name}: invalid available ring index; queue stalled");
+                crate::guest_warn!("{name}: invalid available ring index; queue stalled");
                 out.stalled = true;
                 break;
             }
             Ok(false) => break,
             Err(e) => {
-                log::error!("{name}: cannot enable queue notifications: {e}");
+                crate::guest_error!("{name}: cannot enable queue notifications: {e}");
                 break;
             }
         }

@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -13,10 +12,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::backend::Backend;
 use super::limits::*;
-use super::ratelimit::LogLimiter;
 use super::request::{self, BadRequest, Context, STATUS_OK};
+use crate::ratelimit::{guest_warn, RateLimiter};
 use crate::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use crate::virtio::queue_loop::{serve_available, Served};
+use crate::virtio::queue_loop::{serve_available_budget, Served};
 use crate::virtio::{
     device_type, read_config_bytes, ActivateArgs, ActivateError, EventGlue, VirtioDevice,
     VirtioInterrupt,
@@ -54,7 +53,7 @@ pub struct Block {
     id: [u8; ID_BYTES],
     bounce: Vec<u8>,
     counters: Arc<BlockCounters>,
-    log: LogLimiter,
+    log: RateLimiter,
 }
 
 impl std::fmt::Debug for Block {
@@ -85,7 +84,7 @@ impl Block {
             id,
             bounce: Vec::new(),
             counters: Arc::default(),
-            log: LogLimiter::new(Duration::from_secs(5), 10),
+            log: RateLimiter::new(),
         })
     }
 
@@ -102,8 +101,10 @@ impl Block {
         self.bounce.capacity()
     }
 
-    /// Serves every available request, then interrupts the guest if it asked to be.
-    /// Returns whether it did. Does nothing while the device is not active.
+    /// Serves up to [`BUDGET`] available requests (re-kicking its own queue eventfd when
+    /// more may remain, so the event loop serves its other events in between), then
+    /// interrupts the guest if it asked to be. Returns whether it did. Does nothing while the
+    /// device is not active.
     pub fn process_queue(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
@@ -114,11 +115,15 @@ impl Block {
             id: &self.id,
             bounce: &mut self.bounce,
             counters: &self.counters,
-            log: &mut self.log,
+            log: &self.log,
         };
-        let drained = serve_available("virtio-blk", &mut active.queue, &active.mem, |chain| {
-            Served::Used(server.serve(chain))
-        });
+        let drained = serve_available_budget(
+            "virtio-blk",
+            &mut active.queue,
+            &active.mem,
+            BUDGET,
+            |chain| Served::Used(server.serve(chain)),
+        );
         if drained.bad_heads > 0 {
             self.counters
                 .bad
@@ -126,7 +131,12 @@ impl Block {
         }
         if drained.notify {
             if let Err(e) = active.interrupt.signal_used_queue() {
-                log::error!("virtio-blk: cannot interrupt the guest: {e}");
+                crate::guest_error!("virtio-blk: cannot interrupt the guest: {e}");
+            }
+        }
+        if drained.exhausted {
+            if let Err(e) = self.glue.kick_queue(0) {
+                crate::guest_error!("virtio-blk: cannot reschedule the queue: {e}");
             }
         }
         drained.notify
@@ -140,7 +150,7 @@ struct Server<'a> {
     id: &'a [u8; ID_BYTES],
     bounce: &'a mut Vec<u8>,
     counters: &'a BlockCounters,
-    log: &'a mut LogLimiter,
+    log: &'a RateLimiter,
 }
 
 impl Server<'_> {
@@ -209,14 +219,14 @@ impl Server<'_> {
             &self.counters.host_errors
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.log.allow(Instant::now()) {
-            let source = std::error::Error::source(e)
+        // The cause is formatted only for lines the limiter lets through.
+        guest_warn!(
+            self.log;
+            "virtio-blk: request at head {head} failed: {e}{}",
+            std::error::Error::source(e)
                 .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            log::warn!(
-                "virtio-blk: request at head {head} failed: {e}{source} ({suppressed} similar messages suppressed)"
-            );
-        }
+                .unwrap_or_default()
+        );
     }
 }
 
@@ -271,7 +281,7 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
         // The only writable field (writeback, with CONFIG_WCE) is not offered.
-        log::warn!("virtio-blk: config write at {offset:#x} ignored: fields are read-only");
+        crate::guest_warn!("virtio-blk: config write at {offset:#x} ignored: fields are read-only");
     }
 
     fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError> {

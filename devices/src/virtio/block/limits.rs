@@ -24,3 +24,6 @@ pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 pub const BLK_SIZE: u32 = 512;
 /// GET_ID answer length (VIRTIO_BLK_ID_BYTES).
 pub const ID_BYTES: usize = 20;
+/// Requests served per event-loop dispatch (each may be up to `MAX_REQUEST_BYTES` of I/O);
+/// the rest wait for the device's own re-kick, so a flooding guest cannot starve the loop.
+pub const BUDGET: u32 = 32;

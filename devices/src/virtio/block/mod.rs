@@ -16,7 +16,6 @@ pub mod backend;
 mod device;
 mod event_handler;
 pub mod limits;
-mod ratelimit;
 pub mod request;
 #[cfg(test)]
 mod tests;

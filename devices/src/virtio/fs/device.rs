@@ -208,7 +208,7 @@ impl Fs {
     pub(super) fn signal_used(&self) {
         if let Some(active) = &self.active {
             if let Err(e) = active.interrupt.signal_used_queue() {
-                log::warn!("virtio-fs {}: cannot raise the interrupt: {e}", self.tag);
+                crate::guest_warn!("virtio-fs {}: cannot raise the interrupt: {e}", self.tag);
             }
         }
     }
@@ -319,7 +319,7 @@ impl VirtioDevice for Fs {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::guest_warn!(
             "virtio-fs {}: guest wrote {} bytes at config offset {offset}; the config space is \
              read-only",
             self.tag,

@@ -301,7 +301,7 @@ impl MmioTransport {
                 u32::MAX
             }
             _ => {
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-mmio (type {}): read of unknown or write-only register {offset:#x}",
                     self.device_type
                 );
@@ -337,7 +337,7 @@ impl MmioTransport {
             regs::SHM_SEL => {}
             regs::INTERRUPT_ACK => self.interrupt.ack(value),
             regs::STATUS => self.write_status(value),
-            _ => log::warn!(
+            _ => crate::guest_warn!(
                 "virtio-mmio (type {}): write {value:#x} to unknown or read-only register \
                  {offset:#x} ignored",
                 self.device_type
@@ -347,7 +347,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status != ACKNOWLEDGE | DRIVER {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio (type {}): DriverFeatures written in status {:#x}, ignored",
                 self.device_type,
                 self.status
@@ -358,7 +358,9 @@ impl MmioTransport {
             0 => 0,
             1 => 32,
             sel => {
-                log::warn!("virtio-mmio: DriverFeatures page {sel} does not exist, ignored");
+                crate::guest_warn!(
+                    "virtio-mmio: DriverFeatures page {sel} does not exist, ignored"
+                );
                 return;
             }
         };
@@ -366,7 +368,7 @@ impl MmioTransport {
         let wanted = u64::from(value) << shift;
         let unknown = wanted & !self.avail_features;
         if unknown != 0 {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio (type {}): driver acked features {unknown:#x} that were not \
                  offered; dropped",
                 self.device_type
@@ -380,7 +382,7 @@ impl MmioTransport {
         // changes the register (an active device keeps serving until reset).
         let disabling = offset == regs::QUEUE_READY && value == 0;
         if self.status != ACKNOWLEDGE | DRIVER | FEATURES_OK && !disabling {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio (type {}): queue register {offset:#x} written in status {:#x}, \
                  ignored",
                 self.device_type,
@@ -390,7 +392,7 @@ impl MmioTransport {
         }
         let (device_type, queue_sel) = (self.device_type, self.queue_sel);
         let Some(q) = self.selected_queue() else {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio (type {device_type}): queue register {offset:#x} written for \
                  nonexistent queue {queue_sel}, ignored"
             );
@@ -419,10 +421,10 @@ impl MmioTransport {
         match evt {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::error!("virtio-mmio: cannot signal queue {value}: {e}");
+                    crate::guest_error!("virtio-mmio: cannot signal queue {value}: {e}");
                 }
             }
-            None => log::warn!(
+            None => crate::guest_warn!(
                 "virtio-mmio (type {}): notify for nonexistent queue {value} ignored",
                 self.device_type
             ),
@@ -436,7 +438,7 @@ impl MmioTransport {
         }
         let old = self.status;
         if value & FAILED != 0 {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio (type {}): driver set FAILED (status {value:#x})",
                 self.device_type
             );
@@ -444,7 +446,7 @@ impl MmioTransport {
             return;
         }
         if value & old != old {
-            log::warn!(
+            crate::guest_warn!(
                 "virtio-mmio (type {}): status {value:#x} clears bits of {old:#x}; ignored",
                 self.device_type
             );
@@ -456,7 +458,7 @@ impl MmioTransport {
             (s, FEATURES_OK) if s == ACKNOWLEDGE | DRIVER => {
                 if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
                     // The driver reads the status back and gives up (legacy drivers).
-                    log::warn!(
+                    crate::guest_warn!(
                         "virtio-mmio (type {}): FEATURES_OK refused: VIRTIO_F_VERSION_1 not \
                          acked",
                         self.device_type
@@ -468,14 +470,14 @@ impl MmioTransport {
             (s, DRIVER_OK) if s == ACKNOWLEDGE | DRIVER | FEATURES_OK => match self.activate() {
                 Ok(()) => self.status = value,
                 Err(e) => {
-                    log::error!(
+                    crate::guest_error!(
                         "virtio-mmio (type {}): cannot activate: {e}",
                         self.device_type
                     );
                     self.status |= DEVICE_NEEDS_RESET;
                 }
             },
-            (_, new) => log::warn!(
+            (_, new) => crate::guest_warn!(
                 "virtio-mmio (type {}): invalid status transition {old:#x} -> {value:#x} \
                  (new bits {new:#x}); ignored",
                 self.device_type
@@ -577,7 +579,7 @@ impl BusDevice for MmioTransport {
         match <&mut [u8; 4]>::try_from(&mut *data) {
             Ok(word) if offset & 3 == 0 => *word = self.read_reg(offset).to_le_bytes(),
             _ => {
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-mmio (type {}): {}-byte read at {offset:#x} is not an aligned \
                      32-bit register access",
                     self.device_type,
@@ -595,7 +597,7 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(word) if offset & 3 == 0 => self.write_reg(offset, u32::from_le_bytes(word)),
-            _ => log::warn!(
+            _ => crate::guest_warn!(
                 "virtio-mmio (type {}): {}-byte write at {offset:#x} is not an aligned 32-bit \
                  register access; ignored",
                 self.device_type,

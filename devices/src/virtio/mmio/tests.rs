@@ -531,3 +531,26 @@ fn queue_ready_when_cleared_after_driver_ok_then_reads_zero_and_device_stays_act
     );
     assert!(h.dev.lock().unwrap().active);
 }
+
+#[test]
+fn write_when_100k_bad_register_writes_then_logged_bytes_bounded() {
+    let cap = crate::ratelimit::capture::install();
+    // Rate-limited call sites the flood hits.
+    const SITES: usize = 2;
+    let mut h = Harness::new();
+    let before = cap.bytes_matching("virtio-mmio");
+    let started = std::time::Instant::now();
+    for i in 0..100_000u32 {
+        // Read-only register, then DriverFeatures in the wrong status: two limited sites.
+        h.w(regs::MAGIC_VALUE, i);
+        h.w(regs::DRIVER_FEATURES, i);
+    }
+    let logged = cap.bytes_matching("virtio-mmio") - before;
+    eprintln!("flood: {logged} bytes logged");
+    assert!(logged > 0, "nothing was logged");
+    // Unthrottled this would be ~19 MB.
+    // At most LINES_PER_WINDOW lines (under 200 bytes each) per call site per window.
+    let windows = started.elapsed().as_secs() + 2;
+    let bound = windows as usize * crate::ratelimit::LINES_PER_WINDOW as usize * 200 * SITES;
+    assert!(logged <= bound, "{logged} bytes logged, bound {bound}");
+}

@@ -128,7 +128,7 @@ impl Active {
 
     pub(super) fn signal_used(&self) {
         if let Err(e) = self.interrupt.signal_used_queue() {
-            log::error!("virtio-net: cannot interrupt the guest: {e}");
+            crate::guest_error!("virtio-net: cannot interrupt the guest: {e}");
         }
     }
 }
@@ -242,7 +242,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // With VIRTIO_F_VERSION_1 the MAC is read-only (changing it needs the control queue,
         // which this device does not have); status is read-only anyway.
-        log::warn!(
+        crate::guest_warn!(
             "virtio-net: {}-byte config write at {offset:#x} ignored: read-only",
             data.len()
         );

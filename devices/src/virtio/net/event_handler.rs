@@ -81,7 +81,9 @@ impl<B: NetBackend> MutEventSubscriber for Net<B> {
                 Some(TX_QUEUE) => {
                     self.process_tx();
                 }
-                Some(index) => log::warn!("virtio-net: event for nonexistent queue {index}"),
+                Some(index) => {
+                    crate::guest_warn!("virtio-net: event for nonexistent queue {index}")
+                }
                 None => {}
             },
         }

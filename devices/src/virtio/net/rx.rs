@@ -181,7 +181,7 @@ impl<B: NetBackend> Net<B> {
             // Buffers are left (or nothing needs them): kicks would be wasted. When they run
             // out, `deliver` re-enables notifications and re-checks.
             if let Err(e) = active.rx_queue.disable_notification(&active.mem) {
-                log::error!("virtio-net: cannot disable receive notifications: {e}");
+                crate::guest_error!("virtio-net: cannot disable receive notifications: {e}");
             }
         }
         if used
@@ -247,19 +247,21 @@ impl RxState {
                     // published an available index more than a queue size ahead. Wait for
                     // the next kick instead of spinning.
                     Ok(true) => {
-                        log::warn!("virtio-net: invalid receive ring index; receive stalled");
+                        crate::guest_warn!(
+                            "virtio-net: invalid receive ring index; receive stalled"
+                        );
                         return false;
                     }
                     Ok(false) => return false,
                     Err(e) => {
-                        log::error!("virtio-net: cannot enable receive notifications: {e}");
+                        crate::guest_error!("virtio-net: cannot enable receive notifications: {e}");
                         return false;
                     }
                 }
             };
             let head = chain.head_index();
             if head >= q.size() {
-                log::warn!("virtio-net: receive ring names descriptor {head}; skipped");
+                crate::guest_warn!("virtio-net: receive ring names descriptor {head}; skipped");
                 counters.bad_descriptor(1);
                 continue;
             }
@@ -270,7 +272,7 @@ impl RxState {
                     return true;
                 }
                 Err(e) => {
-                    log::warn!("virtio-net: bad receive chain at head {head}: {e}");
+                    crate::guest_warn!("virtio-net: bad receive chain at head {head}: {e}");
                     counters.bad_descriptor(1);
                     add_used(q, mem, head, 0, used);
                 }
@@ -300,7 +302,7 @@ impl RxState {
                 Ok(n) => n,
                 Err(e) => {
                     // The range was checked; only a racing memory change could get here.
-                    log::error!("virtio-net: cannot write a received frame: {e}");
+                    crate::guest_error!("virtio-net: cannot write a received frame: {e}");
                     0
                 }
             };
@@ -322,6 +324,6 @@ fn add_used(
 ) {
     match q.add_used(mem, head, len) {
         Ok(()) => *used = true,
-        Err(e) => log::error!("virtio-net: cannot return receive chain {head}: {e}"),
+        Err(e) => crate::guest_error!("virtio-net: cannot return receive chain {head}: {e}"),
     }
 }

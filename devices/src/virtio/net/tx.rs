@@ -53,7 +53,7 @@ impl<B: NetBackend> Net<B> {
         if avail_index_invalid(queue, mem) {
             // Serving would find nothing to pop while the ring claims entries; wait for the
             // next kick. (The shared queue loop guards against this too.)
-            log::warn!("virtio-net: invalid transmit ring index; transmit stalled");
+            crate::guest_warn!("virtio-net: invalid transmit ring index; transmit stalled");
             return TxOutcome::default();
         }
         let mut budget = TX_BUDGET;
@@ -67,13 +67,13 @@ impl<B: NetBackend> Net<B> {
             let buffers = match check_chain(chain, mem, size, Direction::DeviceReads, limits) {
                 Ok(b) => b,
                 Err(e) => {
-                    log::warn!("virtio-net: bad transmit chain at head {head}: {e}");
+                    crate::guest_warn!("virtio-net: bad transmit chain at head {head}: {e}");
                     counters.bad_descriptor(1);
                     return Served::Used(0);
                 }
             };
             if let Err(e) = buffers.read_all(mem, buf) {
-                log::error!("virtio-net: cannot read a transmit chain: {e}");
+                crate::guest_error!("virtio-net: cannot read a transmit chain: {e}");
                 counters.tx_drop();
                 return Served::Used(0);
             }
@@ -103,7 +103,7 @@ impl<B: NetBackend> Net<B> {
         if drained.stopped || spurious_stall {
             // The rest waits in the ring; come back after the other event sources had a turn.
             if let Err(e) = active.tx_kick.write(1) {
-                log::error!("virtio-net: cannot reschedule the transmit queue: {e}");
+                crate::guest_error!("virtio-net: cannot reschedule the transmit queue: {e}");
             }
         }
         TxOutcome {

@@ -6,8 +6,9 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
+use crate::ratelimit::{guest_error, guest_warn};
 use crate::virtio::features::{VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use crate::virtio::queue_loop::{serve_available, Served};
+use crate::virtio::queue_loop::{serve_available_budget, Served};
 use crate::virtio::{
     device_type, ActivateArgs, ActivateError, EventGlue, VirtioDevice, VirtioInterrupt,
 };
@@ -17,6 +18,10 @@ pub const QUEUE_SIZE: u16 = 256;
 /// At most this many bytes are served per request, so one greedy driver cannot stall the
 /// event loop (the Linux driver asks for at most a page or so at a time).
 pub const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
+/// Chains served per event-loop dispatch; the rest wait for the device's own re-kick, so a
+/// guest that refills the queue forever cannot keep the event thread (signals, exit
+/// requests, the grace deadline, other devices) from being served.
+pub const BUDGET: u32 = 64;
 
 /// Why a descriptor chain was rejected. The chain is still returned to the guest (used
 /// length 0) so that its buffers are not lost.
@@ -110,7 +115,8 @@ impl Rng {
         self.requests_served
     }
 
-    /// Serves every available chain, then signals the guest if it asked to be. Returns
+    /// Serves up to [`BUDGET`] available chains (re-kicking its own queue eventfd when more
+    /// may remain), then signals the guest if it asked to be. Returns
     /// whether the guest was interrupted. Does nothing while the device is not active.
     pub fn process_queue(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
@@ -121,26 +127,39 @@ impl Rng {
             &mut self.bad_descriptors,
             &mut self.bytes_served,
         );
-        let drained = serve_available("virtio-rng", &mut active.queue, &active.mem, |chain| {
-            let head = chain.head_index();
-            match fill_chain(chain, &active.mem, buf) {
-                Ok(len) => {
-                    *served += u64::from(len);
-                    Served::Used(len)
+        let drained = serve_available_budget(
+            "virtio-rng",
+            &mut active.queue,
+            &active.mem,
+            BUDGET,
+            |chain| {
+                let head = chain.head_index();
+                match fill_chain(chain, &active.mem, buf) {
+                    Ok(len) => {
+                        *served += u64::from(len);
+                        Served::Used(len)
+                    }
+                    Err(e) => {
+                        guest_warn!("virtio-rng: bad descriptor chain at head {head}: {e}");
+                        *bad += 1;
+                        // Returned empty so the guest gets its buffers back.
+                        Served::Used(0)
+                    }
                 }
-                Err(e) => {
-                    log::warn!("virtio-rng: bad descriptor chain at head {head}: {e}");
-                    *bad += 1;
-                    // Returned empty so the guest gets its buffers back.
-                    Served::Used(0)
-                }
-            }
-        });
+            },
+        );
         self.bad_descriptors += u64::from(drained.bad_heads);
         self.requests_served += u64::from(drained.used);
         if drained.notify {
             if let Err(e) = active.interrupt.signal_used_queue() {
-                log::error!("virtio-rng: cannot interrupt the guest: {e}");
+                guest_error!("virtio-rng: cannot interrupt the guest: {e}");
+            }
+        }
+        if drained.exhausted {
+            // The chains left behind raise no new kick: come back after the loop's other
+            // events.
+            if let Err(e) = self.glue.kick_queue(0) {
+                guest_error!("virtio-rng: cannot reschedule the queue: {e}");
             }
         }
         drained.notify
@@ -208,12 +227,12 @@ impl VirtioDevice for Rng {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // virtio-rng has no config space.
-        log::warn!("virtio-rng: config read at {offset:#x}: the device has no config space");
+        guest_warn!("virtio-rng: config read at {offset:#x}: the device has no config space");
         data.fill(0);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        log::warn!("virtio-rng: config write at {offset:#x} ignored: no config space");
+        guest_warn!("virtio-rng: config write at {offset:#x} ignored: no config space");
     }
 
     fn activate(&mut self, args: ActivateArgs) -> Result<(), ActivateError> {

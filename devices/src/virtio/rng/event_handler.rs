@@ -19,7 +19,7 @@ impl MutEventSubscriber for Rng {
             Some(0) => {
                 self.process_queue();
             }
-            Some(index) => log::warn!("virtio-rng: event for nonexistent queue {index}"),
+            Some(index) => crate::guest_warn!("virtio-rng: event for nonexistent queue {index}"),
             None => {}
         }
     }

@@ -5,4 +5,4 @@ mod event_handler;
 #[cfg(test)]
 mod tests;
 
-pub use device::{BadChain, Rng, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
+pub use device::{BadChain, Rng, BUDGET, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
