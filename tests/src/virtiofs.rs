@@ -134,7 +134,7 @@ lab-report host.big_entries=$(( {big_files} + {big_dirs} + 1 )) host.big_mktree_
 pub const GUEST_SCRIPT: &str = r#"
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 run=$(arg lab.run); checks=,$(arg lab.fs),
-r() { echo "LAB $run.$*"; }
+r() { l=LAB; for kv in "$@"; do l="$l $run.$kv"; done; echo "$l"; }
 has() { case "$checks" in *,$1,*) return 0;; esac; return 1; }
 now() { cut -d' ' -f1 /proc/uptime; }
 secs() { echo "$1 $(now)" | awk '{print $2 - $1}'; }
@@ -274,7 +274,8 @@ impl Daemon {
                 s.source, s.tag
             ),
             Daemon::Upstream(path) => format!(
-                "{path} --socket-path {sock} --shared-dir {}{ro} --xattr --cache auto --sandbox chroot",
+                "{path} --socket-path {sock} --shared-dir {}{ro} --xattr --cache auto --sandbox chroot \
+                 --rlimit-nofile 1024",
                 s.source
             ),
             Daemon::QemuC => format!(
@@ -316,7 +317,8 @@ pub const QEMU_FIRMWARE: &[&str] = &[
 /// The L1 side of one VM run: starts `daemon` for every share under `ulimit -n 1024` (if
 /// any), then `vmm` (a shell command, also under `ulimit -n 1024`, with its console in
 /// /tmp/<run>.log), waits for it, and prints the console. With `kill` the VMM is SIGKILLed as
-/// soon as the guest reports `synced=1`. Reports `<run>.exit`, `<run>.server_nofile` (the fd
+/// soon as the guest reports `synced=1`. Upstream virtiofsd raises its own soft fd limit to
+/// the hard one unless told otherwise, so it gets `--rlimit-nofile 1024` as well. Reports `<run>.exit`, `<run>.server_nofile` (the fd
 /// limit of every backend process) and `<run>.servers` (how many there were).
 pub fn vm_run_script(
     run: &str,
@@ -364,6 +366,7 @@ kill -9 $tp; lab-report {run}.host_kill=$?
 rc=$?
 for p in $pids; do kill $p 2>/dev/null; wait $p; done
 cat /tmp/{run}.log
+[ $rc = 0 ] || cat /tmp/{run}-*.dlog 2>/dev/null
 left=0
 for p in /proc/[0-9]*; do
     c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
