@@ -253,7 +253,8 @@ pub fn socket_path(run: &str, tag: &str) -> String {
 
 /// An external vhost-user-fs backend, as a shell command for one share. All run with the
 /// chroot sandbox: L1's root is the initramfs (rootfs), where `pivot_root(2)` fails with
-/// EINVAL, so the namespace sandboxes cannot start there.
+/// EINVAL, so the namespace sandboxes cannot start there. `tinyvmm virtiofsd` runs without a
+/// sandbox: its chroot mode fails at start (the server opens /proc/self/fd after the chroot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Daemon {
     /// `tinyvmm virtiofsd` (upstream-compatible flags).
@@ -270,7 +271,7 @@ impl Daemon {
         let ro = if s.read_only { " --readonly" } else { "" };
         match self {
             Daemon::Tinyvmm => format!(
-                "tinyvmm virtiofsd --socket-path {sock} --shared-dir {}{ro} --tag {} --sandbox chroot",
+                "tinyvmm virtiofsd --socket-path {sock} --shared-dir {}{ro} --tag {} --sandbox none",
                 s.source, s.tag
             ),
             Daemon::Upstream(path) => format!(
