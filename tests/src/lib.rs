@@ -29,6 +29,7 @@ pub mod prereq;
 mod runner;
 mod scenario;
 pub mod transfer;
+pub mod virtiofs;
 
 pub use error::LabError;
 pub use image::{l2_vm_config_json, BaseImages, L1_CMDLINE, L2_CMDLINE};
