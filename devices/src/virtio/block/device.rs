@@ -1,5 +1,6 @@
 //! The virtio-blk model: features, config space, and the request queue.
 
+use crate::virtio::SingleQueue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -288,21 +289,12 @@ impl VirtioDevice for Block {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let ActivateArgs {
+        let SingleQueue {
             mem,
-            mut queues,
+            queue,
             queue_evts,
             interrupt,
-            acked_features: _,
-        } = args;
-        if queues.len() != 1 || queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                queues: queues.len(),
-                evts: queue_evts.len(),
-            });
-        }
-        let queue = queues.remove(0);
+        } = args.into_single_queue()?;
         self.glue
             .activate(queue_evts)
             .map_err(ActivateError::SignalActivate)?;

@@ -1,5 +1,6 @@
 //! The virtio-rng model: fills device-writable buffers with host entropy.
 
+use crate::virtio::SingleQueue;
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
@@ -239,21 +240,12 @@ impl VirtioDevice for Rng {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let ActivateArgs {
+        let SingleQueue {
             mem,
-            mut queues,
+            queue,
             queue_evts,
             interrupt,
-            acked_features: _,
-        } = args;
-        if queues.len() != 1 || queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                queues: queues.len(),
-                evts: queue_evts.len(),
-            });
-        }
-        let queue = queues.remove(0);
+        } = args.into_single_queue()?;
         self.glue
             .activate(queue_evts)
             .map_err(ActivateError::SignalActivate)?;
