@@ -120,25 +120,6 @@ impl EventGlue {
         }
     }
 
-    /// The whole event handling of a single-queue device: ACTIVATE (re)registers the queue
-    /// eventfd, queue 0 consumes its notification. Returns whether the device should serve
-    /// its queue now (also right after ACTIVATE: buffers queued before the eventfd was watched
-    /// are served at once; their notification is still pending, so this is only a shortcut).
-    pub fn single_queue_event(&mut self, name: &str, events: &Events, ops: &mut EventOps) -> bool {
-        if events.data() == ACTIVATE {
-            self.handle_activate(ops);
-            return true;
-        }
-        match self.queue_event(events) {
-            Some(0) => true,
-            Some(index) => {
-                crate::guest_warn!("{name}: event for nonexistent queue {index}");
-                false
-            }
-            None => false,
-        }
-    }
-
     /// Whether queue eventfds are currently watched (for tests and diagnostics).
     pub fn watched_queues(&self) -> usize {
         self.registered.len()

@@ -107,45 +107,6 @@ pub struct ActivateArgs {
     pub acked_features: u64,
 }
 
-/// What a single-queue device keeps from [`ActivateArgs`].
-pub struct SingleQueue {
-    /// Guest memory.
-    pub mem: GuestMemoryMmap,
-    /// The device's only queue.
-    pub queue: virtio_queue::Queue,
-    /// Its notification eventfd (for the glue).
-    pub queue_evts: Vec<EventFd>,
-    /// How the device interrupts the guest.
-    pub interrupt: Arc<VirtioInterrupt>,
-}
-
-impl ActivateArgs {
-    /// Checks that exactly one queue (and one eventfd) was passed and splits the arguments
-    /// the way single-queue devices (rng, blk) keep them.
-    pub fn into_single_queue(self) -> Result<SingleQueue, ActivateError> {
-        let ActivateArgs {
-            mem,
-            mut queues,
-            queue_evts,
-            interrupt,
-            acked_features: _,
-        } = self;
-        if queues.len() != 1 || queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                queues: queues.len(),
-                evts: queue_evts.len(),
-            });
-        }
-        Ok(SingleQueue {
-            mem,
-            queue: queues.remove(0),
-            queue_evts,
-            interrupt,
-        })
-    }
-}
-
 /// Why a device could not be activated.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

@@ -1,6 +1,5 @@
 //! The virtio-blk model: features, config space, and the request queue.
 
-use crate::virtio::SingleQueue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -289,12 +288,21 @@ impl VirtioDevice for Block {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let SingleQueue {
+        let ActivateArgs {
             mem,
-            queue,
+            mut queues,
             queue_evts,
             interrupt,
-        } = args.into_single_queue()?;
+            acked_features: _,
+        } = args;
+        if queues.len() != 1 || queue_evts.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                queues: queues.len(),
+                evts: queue_evts.len(),
+            });
+        }
+        let queue = queues.remove(0);
         self.glue
             .activate(queue_evts)
             .map_err(ActivateError::SignalActivate)?;

@@ -1,6 +1,5 @@
 //! The virtio-rng model: fills device-writable buffers with host entropy.
 
-use crate::virtio::SingleQueue;
 use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
@@ -240,12 +239,21 @@ impl VirtioDevice for Rng {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let SingleQueue {
+        let ActivateArgs {
             mem,
-            queue,
+            mut queues,
             queue_evts,
             interrupt,
-        } = args.into_single_queue()?;
+            acked_features: _,
+        } = args;
+        if queues.len() != 1 || queue_evts.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                queues: queues.len(),
+                evts: queue_evts.len(),
+            });
+        }
+        let queue = queues.remove(0);
         self.glue
             .activate(queue_evts)
             .map_err(ActivateError::SignalActivate)?;
