@@ -48,10 +48,19 @@ pub enum LockError {
 /// An exclusive run lock, held until dropped.
 #[derive(Debug)]
 pub struct RunLock {
-    // Closing the file releases the flock.
-    _file: File,
+    file: File,
     path: PathBuf,
     name: String,
+}
+
+impl Drop for RunLock {
+    /// Unlocks explicitly instead of relying on the close. An flock belongs to the open file
+    /// description, which a child forked by another thread shares until its exec closes the
+    /// O_CLOEXEC copy; closing only our fd would leave the VM "running" for that window.
+    /// LOCK_UN releases it whoever else still refers to the description.
+    fn drop(&mut self) {
+        let _ = flock(&self.file, libc::LOCK_UN);
+    }
 }
 
 impl RunLock {
@@ -92,7 +101,7 @@ impl RunLock {
             .set_len(0)
             .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(RunLock {
-            _file: file,
+            file,
             path,
             name: name.to_string(),
         })
@@ -120,10 +129,15 @@ pub fn is_running(run_dir: &Path, name: &str) -> Result<bool, LockError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(source) => return Err(LockError::Open { path, source }),
     };
-    // A shared lock conflicts only with the runner's exclusive one; it is released when
-    // `file` is closed at the end of this function.
+    // A shared lock conflicts only with the runner's exclusive one. It is released explicitly
+    // (see `RunLock::drop` for why closing is not enough): a probe must never make a
+    // concurrent `acquire` fail.
     match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
-        Ok(got_it) => Ok(!got_it),
+        Ok(true) => {
+            let _ = flock(&file, libc::LOCK_UN);
+            Ok(false)
+        }
+        Ok(false) => Ok(true),
         Err(source) => Err(LockError::Lock { path, source }),
     }
 }
@@ -181,6 +195,46 @@ mod tests {
         let again = RunLock::acquire(&run_dir, "vm1").unwrap();
         assert!(is_running(&run_dir, "vm1").unwrap());
         drop((again, other));
+    }
+
+    /// A child that another thread forked shares the lock's open file description until its
+    /// exec (the fd is O_CLOEXEC). Here a spawning thread's child is parked in that window on
+    /// purpose (blocked in `pre_exec` on a pipe) while the lock is dropped and probed.
+    #[test]
+    fn run_lock_when_dropped_while_a_forked_child_shares_the_fd_then_released() {
+        use std::io::{Read as _, Write as _};
+        use std::os::unix::process::CommandExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let lock = RunLock::acquire(dir.path(), "vm5").unwrap();
+        let (go_read, mut go_write) = std::io::pipe().unwrap();
+        let (mut parked_read, parked_write) = std::io::pipe().unwrap();
+        let (go_fd, parked_fd) = (go_read.as_raw_fd(), parked_write.as_raw_fd());
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: the closure runs in the forked child before exec and only calls write(2) and
+        // read(2), which are async-signal-safe, on fds the child inherited.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut byte = 0u8;
+                libc::write(parked_fd, (&raw const byte).cast(), 1);
+                libc::read(go_fd, (&raw mut byte).cast(), 1);
+                Ok(())
+            });
+        }
+        // `spawn` returns only after the exec, so it runs on its own thread, like the other
+        // thread of a VMM that forks while this one releases the lock.
+        let spawner = std::thread::spawn(move || cmd.spawn().unwrap().wait().unwrap());
+        let mut byte = [0u8];
+        parked_read.read_exact(&mut byte).unwrap();
+        drop((go_read, parked_write));
+
+        drop(lock);
+        let running = is_running(dir.path(), "vm5").unwrap();
+        let again = RunLock::acquire(dir.path(), "vm5");
+        go_write.write_all(b"x").unwrap();
+        spawner.join().unwrap();
+        assert!(!running, "a dropped lock still looked held");
+        again.expect("a dropped lock could not be taken again");
     }
 
     #[test]

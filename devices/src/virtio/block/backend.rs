@@ -250,6 +250,16 @@ impl Backend {
     }
 }
 
+impl Drop for Backend {
+    /// Unlocks explicitly: the flock belongs to the open file description, which a child
+    /// forked by another thread shares until its exec, so a plain close could leave the volume
+    /// "in use" for a moment after the device is gone.
+    fn drop(&mut self) {
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        unsafe { libc::flock(self.buffered.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 fn open_file(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(!read_only);
