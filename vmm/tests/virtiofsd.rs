@@ -84,6 +84,40 @@ fn virtiofsd_when_socket_path_given_then_serves_one_frontend_and_exits_0_after_i
     assert!(wait_exit(&mut child, TIMEOUT).success());
 }
 
+/// The chroot sandbox hides /proc, which the server needs to reopen inodes for I/O: it must
+/// keep a /proc/self/fd handle from before the chroot (it used to fail at startup).
+#[test]
+fn virtiofsd_when_sandbox_chroot_then_serves_from_inside_the_share() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "needs root: --sandbox chroot falls back to none otherwise"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let socket = dir.path().join("fs.sock");
+    let mut child = virtiofsd()
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&share)
+        .args(["--sandbox", "chroot"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let fs = connect(&mut child, &socket);
+    drop(fs);
+
+    let status = wait_exit(&mut child, TIMEOUT);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("/proc/self/fd"), "{stderr}");
+}
+
 #[test]
 fn virtiofsd_when_fd_given_then_serves_the_inherited_listener() {
     let dir = tempfile::tempdir().unwrap();

@@ -97,6 +97,9 @@ pub enum SandboxError {
         #[source]
         source: nix::Error,
     },
+    /// `/proc/self/fd` could not be opened before the chroot.
+    #[error("opening /proc/self/fd before the chroot")]
+    KeepProcFd(#[source] std::io::Error),
     /// Chroot mode confines to one directory; several shares need the namespace mode.
     #[error("--sandbox chroot serves exactly one share, got {0}")]
     ChrootShares(usize),
@@ -124,6 +127,8 @@ pub fn enter(
             let [source] = sources else {
                 return Err(SandboxError::ChrootShares(sources.len()));
             };
+            // The share has no /proc; the server reopens inodes through /proc/self/fd.
+            crate::passthrough::keep_proc_fd().map_err(SandboxError::KeepProcFd)?;
             nix::unistd::chroot(source).map_err(|e| SandboxError::Chroot {
                 path: source.clone(),
                 source: e,

@@ -100,6 +100,36 @@ pub enum OpenError {
     ReadOnlyTree(io::Error),
 }
 
+/// `/proc/self/fd`, opened by [`keep_proc_fd`] before a chroot that hides /proc.
+static KEPT_PROC_FD: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens `/proc/self/fd` now and keeps it for every share opened later, for a sandbox that
+/// is about to `chroot` into a share (which has no /proc of its own). The fd names this
+/// process's fd table whatever the root directory is, and it is O_PATH: it reopens only
+/// fds this process already holds.
+pub(crate) fn keep_proc_fd() -> io::Result<()> {
+    let fd = proc_self_fd()?;
+    let _ = KEPT_PROC_FD.set(fd);
+    Ok(())
+}
+
+fn proc_self_fd() -> io::Result<OwnedFd> {
+    sys::openat(
+        libc::AT_FDCWD,
+        c"/proc/self/fd",
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+}
+
+/// A `/proc/self/fd` handle for a new share: a duplicate of the kept one, if any.
+fn open_proc_fd() -> io::Result<OwnedFd> {
+    match KEPT_PROC_FD.get() {
+        Some(fd) => fd.try_clone(),
+        None => proc_self_fd(),
+    }
+}
+
 impl PassthroughFs {
     /// Opens the share described by `opts`.
     pub fn new(opts: &ShareOptions) -> Result<Self, OpenError> {
@@ -128,13 +158,7 @@ impl PassthroughFs {
             }
         }
         let st = sys::fstat(root.as_raw_fd()).map_err(OpenError::Source)?;
-        let proc_fd = sys::openat(
-            libc::AT_FDCWD,
-            c"/proc/self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(OpenError::Proc)?;
+        let proc_fd = open_proc_fd().map_err(OpenError::Proc)?;
         let use_handles =
             is_root && opts.use_file_handles && sys::name_to_handle(root.as_raw_fd()).is_ok();
         let root = Arc::new(root);
