@@ -158,7 +158,6 @@ impl Vcpu {
                 VcpuExit::Intr | VcpuExit::Hlt => Next::Continue,
                 VcpuExit::Shutdown => {
                     log::info!("vcpu{id}: triple fault / shutdown, treated as reset");
-                    self.log_shutdown_state();
                     Next::Stop(ExitKind::Reboot)
                 }
                 VcpuExit::SystemEvent(kind, _) => Next::Stop(system_event(kind)),
@@ -184,38 +183,6 @@ impl Vcpu {
                 log::error!("vcpu{id}: KVM_RUN failed: {e}");
                 Next::Stop(ExitKind::Crash)
             }
-        }
-    }
-
-    /// Where a triple fault (or a guest-requested shutdown) left the vCPU: enough to find the
-    /// faulting code in the guest's System.map and to see whether its IDT/GDT were sane.
-    fn log_shutdown_state(&self) {
-        let id = self.id;
-        match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => log::info!(
-                "vcpu{id}: at shutdown rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} \
-                 cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x} \
-                 interrupt_bitmap={:x?}",
-                r.rip,
-                r.rsp,
-                r.rflags,
-                s.cs.selector,
-                s.cr0,
-                s.cr2,
-                s.cr3,
-                s.cr4,
-                s.efer,
-                s.idt.base,
-                s.idt.limit,
-                s.gdt.base,
-                s.gdt.limit,
-                s.interrupt_bitmap
-            ),
-            (regs, sregs) => log::info!(
-                "vcpu{id}: registers at shutdown unreadable: {:?} {:?}",
-                regs.err(),
-                sregs.err()
-            ),
         }
     }
 }
