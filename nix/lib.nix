@@ -52,7 +52,8 @@ let
     cmdline = "console=ttyS0 reboot=k panic=1";
   };
 
-  # One VM file's JSON value. `stateDir` holds each VM's kernel/ (default kernel path),
+  # One VM file's JSON value. `stateDir` holds each VM's kernel/ (default kernel and initrd
+  # paths; `initrd = null` boots without one),
   # etc/ and var/; `storeDir` is shared read-only as `nix-store`.
   vmConfig = { name, vm, stateDir ? defaults.stateDir, storeDir ? defaults.storeDir
              , runDir ? defaults.runDir }:
@@ -70,7 +71,7 @@ let
       hugepages = vm.hugepages or null;
       kernel = compact {
         path = vm.kernel or "${stateDir}/${name}/kernel/bzImage";
-        initrd = vm.initrd or null;
+        initrd = vm.initrd or "${stateDir}/${name}/kernel/initrd";
         cmdline = vm.cmdline or defaults.cmdline;
       };
       serial = vm.serial or "stdout";

@@ -35,7 +35,8 @@ let
       memory = mkOption { type = types.ints.positive; default = 512; description = "Guest RAM in MiB."; };
       kernel = mkOption { type = types.nullOr types.str; default = null;
         description = "bzImage or vmlinux; default <stateDir>/<name>/kernel/bzImage."; };
-      initrd = mkOption { type = types.nullOr types.str; default = null; };
+      initrd = mkOption { type = types.nullOr types.str; default = null;
+        description = "initramfs; default <stateDir>/<name>/kernel/initrd (NixOS guests always boot with one)."; };
       cmdline = mkOption { type = types.str; default = tlib.defaults.cmdline; };
       network = mkOption { type = types.listOf netType; default = [ ]; };
       shares = mkOption { type = types.nullOr (types.listOf shareType); default = null;

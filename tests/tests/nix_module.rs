@@ -100,6 +100,7 @@ fn nix_example_when_written_then_tinyvmm_validate_and_netctl_plan_accept_it() {
             std::fs::create_dir_all(vm.join(sub)).unwrap();
         }
         std::fs::write(vm.join("kernel/bzImage"), b"").unwrap();
+        std::fs::write(vm.join("kernel/initrd"), b"").unwrap();
     }
     let etc = nix_eval(
         "nix/tests/example.nix",

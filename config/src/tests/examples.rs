@@ -47,6 +47,12 @@ fn examples_when_compared_then_match_seed_layout() {
             cfg.kernel.path,
             PathBuf::from(format!("/var/lib/microvms/{name}/kernel/bzImage"))
         );
+        assert_eq!(
+            cfg.kernel.initrd,
+            Some(PathBuf::from(format!(
+                "/var/lib/microvms/{name}/kernel/initrd"
+            )))
+        );
         assert_eq!(cfg.serial, SerialConfig::Stdout);
         assert_eq!(
             cfg.control_socket,
