@@ -7,8 +7,10 @@
 //!   problem; [`Checks::NO_FILES`] skips file-system checks for tools that run elsewhere.
 //! - [`check_fleet`]: collisions between several VMs on one host (names, TAPs, MACs, subnets).
 //! - [`lock`]: the run lock that says whether a VM is running.
+//! - [`exit`]: the exit-status contract of all three tools.
 
 pub mod error;
+pub mod exit;
 pub mod fleet;
 pub mod lock;
 pub mod parse;

@@ -76,4 +76,20 @@ pub enum Error {
     RunTailscale(String),
 }
 
+impl Error {
+    /// The exit status of the shared contract ([`vmconfig::exit::Status`]) for this error.
+    pub fn exit_status(&self) -> vmconfig::exit::Status {
+        use vmconfig::exit::Status;
+        match self {
+            Error::ReadConfig { .. }
+            | Error::ParseConfig { .. }
+            | Error::Validate(_)
+            | Error::HostSettings(_) => Status::Invalid,
+            Error::VmRunning(_) => Status::Refused,
+            Error::RolledBack { cause } => cause.exit_status(),
+            _ => Status::Failed,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, Error>;

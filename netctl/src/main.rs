@@ -7,11 +7,16 @@ use clap::{Args, Parser, Subcommand};
 use netctl::host::HostArgs;
 use netctl::ops::{self, Ctx};
 use netctl::report;
+use vmconfig::exit::Status;
 
 /// Per-VM isolated networks (bridges, TAPs, NAT, nftables) from tinyvmm VM config files.
 #[derive(Parser)]
 #[command(name = "netctl", version)]
 struct Cli {
+    /// The run dir of `tinyvmm run`, where `down` looks for running VMs' run locks
+    /// (default: $TINYVMM_RUN_DIR or /run/tinyvmm).
+    #[arg(long, global = true)]
+    run_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -72,7 +77,7 @@ enum Cmd {
         host: HostFlags,
     },
     /// What exists vs what the files (or, without files, the recorded state) declare.
-    /// Exits 3 when something differs.
+    /// Exits 8 (drift) when something differs.
     Status { files: Vec<PathBuf> },
     /// Remove exactly what netctl created for these VMs.
     Down {
@@ -92,7 +97,11 @@ enum Cmd {
     },
 }
 
-fn run(cli: Cli) -> netctl::Result<ExitCode> {
+fn run(cli: Cli) -> netctl::Result<Status> {
+    let run_dir = cli
+        .run_dir
+        .clone()
+        .unwrap_or_else(vmconfig::default_run_dir);
     match cli.cmd {
         Cmd::Plan { files, host } => {
             let ctx = Ctx::open(false)?;
@@ -115,13 +124,13 @@ fn run(cli: Cli) -> netctl::Result<ExitCode> {
             }
             if !s.in_sync {
                 println!("status: out of sync");
-                return Ok(ExitCode::from(3));
+                return Ok(Status::Drift);
             }
             println!("status: in sync");
         }
         Cmd::Down { files, force } => {
             let ctx = Ctx::open(true)?;
-            let r = ops::down(&ctx, &files, force)?;
+            let r = ops::down(&ctx, &files, force, &run_dir)?;
             if r.is_empty() {
                 println!("nothing to remove: netctl manages none of these VMs here");
             }
@@ -138,16 +147,17 @@ fn run(cli: Cli) -> netctl::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Status::Ok)
 }
 
 fn main() -> ExitCode {
+    vmconfig::exit::install_panic_hook("netctl", || {});
     let cli = Cli::parse();
     match run(cli) {
-        Ok(c) => c,
+        Ok(status) => status.into(),
         Err(e) => {
-            eprintln!("netctl: error: {e}");
-            ExitCode::FAILURE
+            eprintln!("netctl: error: {}", vmconfig::exit::error_chain(&e));
+            e.exit_status().into()
         }
     }
 }

@@ -260,11 +260,10 @@ pub fn apply(ctx: &Ctx, p: &Plan) -> Result<bool> {
 }
 
 /// Fails if any of `vms` holds its tinyvmm run lock (removing its TAP would cut it off).
-fn check_not_running(vms: &[&str]) -> Result<()> {
-    let run_dir = vmconfig::default_run_dir();
+fn check_not_running(vms: &[&str], run_dir: &Path) -> Result<()> {
     let mut running = Vec::new();
     for vm in vms {
-        if vmconfig::is_running(&run_dir, vm).map_err(Error::CheckRunning)? {
+        if vmconfig::is_running(run_dir, vm).map_err(Error::CheckRunning)? {
             running.push(vm.to_string());
         }
     }
@@ -275,9 +274,14 @@ fn check_not_running(vms: &[&str]) -> Result<()> {
     }
 }
 
-/// Removes what netctl created for the VMs in `files` (refusing running VMs unless
-/// `force`). Returns the removal report.
-pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P], force: bool) -> Result<Vec<String>> {
+/// Removes what netctl created for the VMs in `files` (refusing VMs whose run lock in
+/// `run_dir` is held, unless `force`). Returns the removal report.
+pub fn down<P: AsRef<Path>>(
+    ctx: &Ctx,
+    files: &[P],
+    force: bool,
+    run_dir: &Path,
+) -> Result<Vec<String>> {
     let loaded = source::load_files(files)?;
     let vms: std::collections::BTreeSet<&str> = loaded.nets.iter().map(|n| n.vm.as_str()).collect();
     let (gone, remaining): (Vec<VmNet>, Vec<VmNet>) = ctx
@@ -292,7 +296,7 @@ pub fn down<P: AsRef<Path>>(ctx: &Ctx, files: &[P], force: bool) -> Result<Vec<S
     }
     if !force {
         let names: std::collections::BTreeSet<&str> = gone.iter().map(|n| n.vm.as_str()).collect();
-        check_not_running(&names.into_iter().collect::<Vec<_>>())?;
+        check_not_running(&names.into_iter().collect::<Vec<_>>(), run_dir)?;
     }
     let mut actions = Vec::new();
     for n in &gone {

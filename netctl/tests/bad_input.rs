@@ -12,12 +12,18 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Asserts failure with `needle` in stderr and an unchanged host.
-fn assert_refused(t: &Topo, before: &str, out: Output, needle: &str) {
+/// Exit status of a bad config, name or command line (README "Exit status").
+const INVALID: i32 = 2;
+/// Exit status of an operation the host does not allow (missing link, capability, binary).
+const FAILED: i32 = 1;
+
+/// Asserts exit status `code` with `needle` in stderr and an unchanged host.
+fn assert_refused(t: &Topo, before: &str, out: Output, code: i32, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure; stdout: {}",
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {err}",
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
@@ -45,6 +51,7 @@ fn apply_when_subnets_overlap_then_error_and_nothing_changes() {
         &t,
         &before,
         t.netctl(&["apply", s(&f1), s(&f2)]),
+        INVALID,
         "overlaps",
     );
 }
@@ -58,7 +65,7 @@ fn apply_when_duplicate_mac_address_or_names_then_every_problem_reported() {
     let before = t.snapshot();
     let out = t.netctl(&["apply", s(&f1), s(&f2)]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_refused(&t, &before, out, "duplicate mac");
+    assert_refused(&t, &before, out, INVALID, "duplicate mac");
     assert!(err.contains("`vm-vm1` is used by both"), "{err}");
 
     // Duplicate address (same subnet too) between an applied VM and a new file.
@@ -71,6 +78,7 @@ fn apply_when_duplicate_mac_address_or_names_then_every_problem_reported() {
         &t,
         &before,
         t.netctl(&["apply", s(&f3)]),
+        INVALID,
         "duplicate address",
     );
 }
@@ -83,7 +91,7 @@ fn apply_when_name_longer_than_15_bytes_then_error() {
     let before = t.snapshot();
     let out = t.netctl(&["apply", s(&f)]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_refused(&t, &before, out, "network[0].bridge");
+    assert_refused(&t, &before, out, INVALID, "network[0].bridge");
     assert!(err.contains("15"), "{err}");
 }
 
@@ -96,6 +104,7 @@ fn apply_when_uplink_missing_then_error() {
         &t,
         &before,
         t.netctl(&["apply", s(&f), "--uplink", "nope0"]),
+        FAILED,
         "`nope0` does not exist",
     );
     t.host.ip(&["route", "del", "default"]);
@@ -104,6 +113,7 @@ fn apply_when_uplink_missing_then_error() {
         &t,
         &before,
         t.netctl(&["apply", s(&f)]),
+        FAILED,
         "no IPv4 default route",
     );
 }
@@ -129,7 +139,7 @@ fn apply_when_no_cap_net_admin_then_error() {
         .args(["apply", s(&f)])
         .output()
         .expect("run setpriv");
-    assert_refused(&t, &before, out, "CAP_NET_ADMIN");
+    assert_refused(&t, &before, out, FAILED, "CAP_NET_ADMIN");
 }
 
 #[test]
@@ -138,7 +148,7 @@ fn apply_when_nft_binary_missing_then_error() {
     let f = t.vm_file(1);
     let before = t.snapshot();
     let out = t.netctl_env(&["apply", s(&f)], &[("PATH", "/nonexistent-netctl-test")]);
-    assert_refused(&t, &before, out, "`nft` binary was not found");
+    assert_refused(&t, &before, out, FAILED, "`nft` binary was not found");
 }
 
 #[test]
@@ -153,6 +163,7 @@ fn apply_when_name_taken_by_another_kind_of_device_then_error() {
         &t,
         &before,
         t.netctl(&["apply", s(&f)]),
+        FAILED,
         "vm-vm1 exists but is a veth device",
     );
 }
@@ -174,7 +185,7 @@ fn apply_when_netns_guard_names_another_namespace_then_refuses() {
         .args(["apply", s(&f)])
         .output()
         .unwrap();
-    assert_refused(&t, &before, out, "refusing to run");
+    assert_refused(&t, &before, out, FAILED, "refusing to run");
 }
 
 #[test]
@@ -244,6 +255,7 @@ fn apply_when_bridge_has_other_ports_then_error() {
         &t,
         &before,
         t.netctl(&["apply", s(&f)]),
+        FAILED,
         "bridge br-vm1 already has other ports (lan0)",
     );
 }

@@ -135,7 +135,7 @@ fn status_when_link_removed_behind_our_back_then_reports_drift_and_apply_repairs
     t.netctl_ok(&["apply", s(&f)]);
     t.host.ip(&["link", "del", "vm-vm1"]);
     let out = t.netctl(&["status", s(&f)]);
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(8), "drift is exit 8");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("MISSING   TAP vm-vm1"), "{text}");
     let out = t.netctl_ok(&["apply", s(&f)]);
@@ -331,10 +331,20 @@ fn down_when_vm_running_then_refused_unless_forced() {
     let lock = vmconfig::RunLock::acquire(&t.run_dir(), "vm1").expect("take vm1's run lock");
     let before = t.snapshot();
     let out = t.netctl(&["down", s(&f1), s(&f2)]);
-    assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "refused is exit 7: {err}");
     assert!(err.contains("running VM(s) vm1"), "{err}");
     assert_eq!(before, t.snapshot(), "a refused down changed the host");
+    // `--run-dir` (as tinyvmm's) wins over $TINYVMM_RUN_DIR: vm2's lock is held only in
+    // another dir, and a down of vm2 that names that dir is refused.
+    let elsewhere = t.dir.path().join("other-run");
+    let other = vmconfig::RunLock::acquire(&elsewhere, "vm2").expect("take vm2's lock there");
+    let out = t.netctl(&["down", s(&f2), "--run-dir", elsewhere.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains("running VM(s) vm2"), "{err}");
+    assert_eq!(before, t.snapshot(), "a refused down changed the host");
+    drop(other);
     t.netctl_ok(&["down", s(&f2)]);
     t.netctl_ok(&["down", s(&f1), "--force"]);
     drop(lock);
@@ -375,7 +385,7 @@ fn status_when_rules_changed_outside_netctl_then_drift_and_apply_restores() {
     let out = t.netctl(&["status", s(&f)]);
     assert_eq!(
         out.status.code(),
-        Some(3),
+        Some(8),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

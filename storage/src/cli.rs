@@ -1,14 +1,16 @@
 //! The `tinyvmm-storage` command line.
 //!
-//! Exit codes: 0 success (including "already exists" / "nothing to do"), 1 the operation
-//! failed, 2 invalid usage, names or config, 3 refused for safety (the VM is running, or a
-//! destroy was not confirmed).
+//! Exit codes ([`vmconfig::exit::Status`], shared with tinyvmm and netctl): 0 success
+//! (including "already exists" / "nothing to do"), 1 the operation failed, 2 invalid usage,
+//! names or config, 6 internal error, 7 refused for safety (the VM is running, or a destroy
+//! was not confirmed).
 
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use vmconfig::exit::Status;
 
 use crate::backend::Outcome;
 use crate::config::{detect, BackendChoice, HostStorageConfig, DEFAULT_CONFIG_PATH};
@@ -125,16 +127,16 @@ impl Cli {
     }
 }
 
-/// Exit code for an error.
-pub fn exit_code(err: &StorageError) -> i32 {
+/// Exit status for an error.
+pub fn exit_status(err: &StorageError) -> Status {
     match err {
         StorageError::InvalidName { .. }
         | StorageError::ReadConfig { .. }
         | StorageError::ParseConfig { .. }
         | StorageError::InvalidConfig(_)
-        | StorageError::ResolveOwner { .. } => 2,
-        StorageError::VmRunning { .. } | StorageError::NotConfirmed(_) => 3,
-        _ => 1,
+        | StorageError::ResolveOwner { .. } => Status::Invalid,
+        StorageError::VmRunning { .. } | StorageError::NotConfirmed(_) => Status::Refused,
+        _ => Status::Failed,
     }
 }
 
@@ -163,25 +165,12 @@ pub fn run(
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(err, "tinyvmm-storage: {}", chain(&e));
-            exit_code(&e)
+            i32::from(exit_status(&e).code())
         }
     }
 }
 
-/// The error and its sources, joined with ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let text = src.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = src.source();
-    }
-    s
-}
+pub use vmconfig::exit::error_chain as chain;
 
 fn execute(
     cli: &Cli,

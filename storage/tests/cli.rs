@@ -90,13 +90,13 @@ fn cli_every_command_when_btrfs_then_works_and_guards_hold() {
         .collect();
     assert_eq!(names, vec!["s1", auto.as_str()]);
 
-    // Rollback and destroy of a running VM: refused with exit code 3.
+    // Rollback and destroy of a running VM: refused with exit code 7.
     let running = vmconfig::RunLock::acquire(&run_dir, "vm1").unwrap();
     let r = run(&cfg, &["rollback", "vm1", "s1"], "");
-    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.code, 7, "{}", r.stderr);
     assert!(r.stderr.contains("running"), "{}", r.stderr);
     let r = run(&cfg, &["destroy", "vm1", "--force"], "");
-    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.code, 7, "{}", r.stderr);
     assert!(ok(&cfg, &["list"]).contains("vm1\tyes\t2\t"));
     drop(running);
 
@@ -115,7 +115,7 @@ fn cli_every_command_when_btrfs_then_works_and_guards_hold() {
 
     // Destroy needs --force or the typed VM name.
     let r = run(&cfg, &["destroy", "vm2"], "vm1\n");
-    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.code, 7, "{}", r.stderr);
     assert!(r.stderr.contains("Type the VM name"), "{}", r.stderr);
     assert!(root.join("vm2/etc").is_dir());
     let r = run(&cfg, &["destroy", "vm2"], "vm2\n");

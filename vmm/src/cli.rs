@@ -75,8 +75,9 @@ pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
     timing.set_enabled(cfg.boot_timer);
     timing.mark(Milestone::ConfigParsed);
     if let Err(e) = check_host_memory(&cfg) {
-        eprintln!("tinyvmm: {}: {e}", path.display());
-        return RunExit::InvalidConfig;
+        // The config is fine; this host cannot run it now.
+        eprintln!("tinyvmm: error: {}: {e}", path.display());
+        return RunExit::Error;
     }
 
     let run_dir = opts
@@ -85,6 +86,10 @@ pub fn run(path: &Path, opts: &RunOptions, mut timing: Timing) -> RunExit {
         .unwrap_or_else(vmconfig::lock::default_run_dir);
     let _lock = match vmconfig::lock::RunLock::acquire(&run_dir, &cfg.name) {
         Ok(lock) => lock,
+        Err(e @ vmconfig::LockError::AlreadyRunning { .. }) => {
+            eprintln!("tinyvmm: refused: {}", error_chain(&e));
+            return RunExit::Refused;
+        }
         Err(e) => return fail(&e),
     };
     let _ = std::fs::remove_file(exit_path(&run_dir, &cfg.name));
@@ -247,17 +252,7 @@ fn fail(e: &dyn std::error::Error) -> RunExit {
     RunExit::Error
 }
 
-/// `outer: cause: root cause`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use vmconfig::exit::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,7 @@ enum Command {
     /// Exit status: 0 guest powered off, 1 error, 2 invalid config, 3 guest reboot or reset
     /// (also a kernel panic with panic=N when the guest has no pvpanic driver), 4 guest crash
     /// (kernel panic reported through pvpanic, KVM internal error), 5 stopped hard after the shutdown
-    /// grace period. SIGTERM or SIGINT press the ACPI power button (Ctrl-Alt-Del through the
+    /// grace period, 6 internal error (a bug), 7 refused: the VM is already running. SIGTERM or SIGINT press the ACPI power button (Ctrl-Alt-Del through the
     /// i8042 when the cmdline has acpi=off; a reboot after that request exits 0); a second
     /// signal, or the end of `shutdown_grace_secs`, stops the VM at once.
     Run {
@@ -137,7 +137,7 @@ impl RunDir {
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    vmm::terminal::install_panic_hook(RunExit::Panic.code());
+    vmm::terminal::install_panic_hook();
     if std::env::var_os("TINYVMM_TEST_PANIC").is_some() {
         // For the exit-code test only: proves the hook end to end in the real binary.
         panic!("TINYVMM_TEST_PANIC is set");

@@ -16,18 +16,10 @@ fn restore_original() {
 }
 
 /// Installs a panic hook that restores the terminal, prints the panic once on stderr and
-/// exits with `code` at once (the release build aborts on panic; without the hook that is
-/// status 134 with the terminal left raw).
-pub fn install_panic_hook(code: i32) {
-    std::panic::set_hook(Box::new(move |info| {
-        restore_original();
-        let thread = std::thread::current();
-        let name = thread.name().unwrap_or("unnamed");
-        eprintln!("tinyvmm: internal error (a bug): thread '{name}' {info}");
-        // SAFETY: _exit ends the process without running destructors or atexit handlers,
-        // which may be in an inconsistent state after a panic.
-        unsafe { libc::_exit(code) };
-    }));
+/// exits with the documented status 6 at once (the release build aborts on panic; without
+/// the hook that is status 134 with the terminal left raw).
+pub fn install_panic_hook() {
+    vmconfig::exit::install_panic_hook("tinyvmm", restore_original);
 }
 
 /// Restores the terminal's original mode when dropped or on [`RawTerminal::restore`].

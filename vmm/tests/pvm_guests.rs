@@ -59,6 +59,19 @@ impl Fixture {
         cmd
     }
 
+    /// Waits (up to 30 s) until VM `name` holds its run lock: tinyvmm takes it after it has
+    /// blocked the shutdown signals, so from then on a signal is the VM's, not the default
+    /// action's.
+    fn wait_running(&self, name: &str) {
+        let run_dir = self.dir.path().join("run");
+        assert!(
+            wait_for(Duration::from_secs(30), || {
+                vmconfig::is_running(&run_dir, name).unwrap_or(false)
+            }),
+            "VM {name} did not take its run lock within 30 s"
+        );
+    }
+
     fn run(&self, config: &Path) -> Output {
         let child = self.command(config).spawn().unwrap();
         wait_with_timeout(child, Duration::from_secs(60))
@@ -160,7 +173,7 @@ fn run_when_sigterm_and_guest_ignores_button_then_hard_stop_exit_5() {
     let f = Fixture::new();
     let cfg = f.config("spin", &f.guest("spin"), r#","shutdown_grace_secs":1"#);
     let child = f.command(&cfg).env("TINYVMM_LOG", "info").spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    f.wait_running("spin");
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let sent = Instant::now();
@@ -179,11 +192,11 @@ fn run_when_second_signal_then_stops_at_once() {
     let f = Fixture::new();
     let cfg = f.config("spin2", &f.guest("spin"), r#","shutdown_grace_secs":600"#);
     let child = f.command(&cfg).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    for _ in 0..2 {
+    f.wait_running("spin2");
+    // Two different signals: two of the same kind could merge into one while pending.
+    for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: kill only sends a signal to our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        std::thread::sleep(Duration::from_millis(100));
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
     let out = wait_with_timeout(child, Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
@@ -194,14 +207,14 @@ fn run_when_same_vm_already_running_then_refused() {
     let f = Fixture::new();
     let cfg = f.config("dup", &f.guest("spin"), r#","shutdown_grace_secs":1"#);
     let first = f.command(&cfg).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    f.wait_running("dup");
     let second = f.run(&cfg);
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
     let _ = wait_with_timeout(first, Duration::from_secs(30));
     let err = stderr(&second);
-    assert_eq!(second.status.code(), Some(1), "{err}");
-    assert!(err.contains("dup"), "{err}");
+    assert_eq!(second.status.code(), Some(7), "refused is exit 7: {err}");
+    assert!(err.contains("\"dup\" is already running"), "{err}");
 }
 
 #[test]
@@ -219,7 +232,7 @@ fn run_when_kernel_missing_then_exit_2_and_no_vm_created() {
 }
 
 #[test]
-fn run_when_memory_exceeds_host_then_exit_2_and_no_vm_created() {
+fn run_when_memory_exceeds_host_then_exit_1_and_no_vm_created() {
     let f = Fixture::new();
     let guest = f.guest("poweroff");
     let path = f.dir.path().join("big.json");
@@ -230,7 +243,11 @@ fn run_when_memory_exceeds_host_then_exit_2_and_no_vm_created() {
     std::fs::write(&path, json).unwrap();
     let out = f.run(&path);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a host limit, not a bad config: {err}"
+    );
     assert!(err.contains("memory_mib"), "{err}");
     assert!(
         !timing_events(&err).contains(&"vm_created".to_owned()),

@@ -20,6 +20,7 @@ impl log::Log for StderrLogger {
 static LOGGER: StderrLogger = StderrLogger;
 
 fn main() {
+    vmconfig::exit::install_panic_hook("tinyvmm-storage", || {});
     let level = match std::env::var("TINYVMM_LOG").as_deref() {
         Ok("debug") => log::LevelFilter::Debug,
         _ => log::LevelFilter::Warn,
