@@ -41,18 +41,33 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), handle_kick)
 }
 
+/// How often [`stop_all`] re-signals a vCPU thread that has not ended yet.
+const KICK_INTERVAL: Duration = Duration::from_millis(10);
+/// How often [`stop_all`] looks at whether the threads have ended.
+const POLL_INTERVAL: Duration = Duration::from_micros(200);
+
 /// Stops every vCPU thread: the exit request is marked halted (no vCPU re-enters the
 /// guest), each thread is signalled out of KVM_RUN, and this waits up to `timeout` for all
-/// of them to end, re-signalling while it waits. Returns how many are still running.
+/// of them to end, re-signalling the ones still running every [`KICK_INTERVAL`]. Returns how
+/// many are still running.
+///
+/// The kick is a real-time signal, and those queue: re-signalling in a tight loop (as this
+/// once did) queued signals faster than the target could run their handler, so the thread
+/// spent the whole timeout in signal delivery and never reached its `halted` check (seen
+/// once in CI as "vCPU threads still in KVM_RUN after 5 s").
 pub fn stop_all(exit: &ExitRequest, threads: Vec<JoinHandle<()>>, timeout: Duration) -> usize {
     exit.halt();
     let deadline = Instant::now() + timeout;
     let mut running = threads;
+    let mut next_kick = Instant::now();
     while !running.is_empty() && Instant::now() < deadline {
-        for t in &running {
-            if let Err(e) = t.kill(kick_signal()) {
-                log::warn!("cannot kick a vCPU thread: {e}");
+        if Instant::now() >= next_kick {
+            for t in &running {
+                if let Err(e) = t.kill(kick_signal()) {
+                    log::warn!("cannot kick a vCPU thread: {e}");
+                }
             }
+            next_kick = Instant::now() + KICK_INTERVAL;
         }
         let (done, left): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_finished());
         for t in done {
@@ -60,9 +75,8 @@ pub fn stop_all(exit: &ExitRequest, threads: Vec<JoinHandle<()>>, timeout: Durat
         }
         running = left;
         if !running.is_empty() {
-            // A vCPU that is outside KVM_RUN (in a device handler) finishes that access
-            // first; give it the CPU rather than spin.
-            std::thread::yield_now();
+            // Waiting for the threads to end (JoinHandle has no timed join): look again soon.
+            std::thread::sleep(POLL_INTERVAL);
         }
     }
     running.len()
