@@ -19,6 +19,9 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
     insmod "$k/$m.ko" || echo "LAB l1.insmod_failed=$m"
 done
 if [ -c /dev/kvm ]; then echo "LAB l1.kvm=1"; else echo "LAB l1.kvm=0"; fi
+# The emulated CPUs' TSCs usually fail Linux's sync check (then L1 runs on hpet and KVM has no
+# master clock for L2's kvmclock); recorded so a failing run shows which way this boot went.
+echo "LAB l1.clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 ip link set lo up
 cd /lab
 if [ -f /lab/scenario.sh ]; then

@@ -148,7 +148,7 @@ pub struct LabOutcome {
     /// Exit status of the L1 scenario script.
     pub status: i32,
     /// Every `key=value` pair from `LAB ` lines (later values win). Always present:
-    /// `status`, `l1.init_uptime`, `l1.kvm`. From L2: `l2.init_uptime`, `l2.modules`, `l2.status`.
+    /// `status`, `l1.init_uptime`, `l1.kvm`, `l1.clocksource`. From L2: `l2.init_uptime`, `l2.modules`, `l2.status`.
     pub kv: BTreeMap<String, String>,
     /// L1's whole console output.
     pub output: String,

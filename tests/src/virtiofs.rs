@@ -376,6 +376,16 @@ done
 lab-report {run}.exit=$rc {run}.servers_left=$left
 "#
     ));
+    if vmm.starts_with("qemu-system") && !kill {
+        // QEMU runs with -no-reboot: a guest reset ends it with status 0, like a poweroff.
+        s.push_str(&format!(
+            r#"if grep -q "l2.status=" /tmp/{run}.log; then lab-report {run}.l2_finished=yes
+elif grep -q "Kernel panic\|Oops" /tmp/{run}.log; then lab-report {run}.l2_finished=crashed
+else lab-report {run}.l2_finished=reset {l2_reset}={run}; fi
+"#,
+            l2_reset = crate::lab::L2_SILENT_RESET
+        ));
+    }
     s
 }
 

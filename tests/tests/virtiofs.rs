@@ -78,6 +78,7 @@ fn virtiofs_when_mixing_frontends_and_backends_then_store_mounts_and_checksums_m
     }
     for run in ["qup", "qtiny"] {
         out.assert_kv(&format!("{run}.mounted"), "3");
+        out.assert_kv(&format!("{run}.l2_finished"), "yes");
         let files = out.get("host.store_files").expect("host.store_files");
         out.assert_kv(&format!("{run}.store_md5_ok"), files);
         out.assert_kv(&format!("{run}.store_md5_bad"), "0");
