@@ -176,6 +176,11 @@ pub struct NetConfig {
     /// Host side of the bridge, the guest's default route (netctl).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// When the TAP does not exist, tinyvmm (as root) creates it: non-persistent, on no
+    /// bridge, gone when the VM stops. Without this a missing TAP is an error, so a mistyped
+    /// name never quietly gives the guest a disconnected NIC.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 /// One virtio-fs share: a host directory served by tinyvmm's own server (`source`), or an

@@ -210,6 +210,12 @@ impl Validator {
                 );
             }
             self.report(at("mac"), macs.check(net.mac, i));
+            if net.transient && net.bridge.is_some() {
+                self.push(
+                    at("transient"),
+                    "a transient TAP is on no bridge; netctl makes the TAP of a bridged entry",
+                );
+            }
             if let Some(bridge) = &net.bridge {
                 self.report(at("bridge"), check_ifname(bridge));
                 if nets.iter().any(|n| &n.tap == bridge) {

@@ -93,7 +93,7 @@ pub fn tinyvmm_config(tag: &str, tap: &str) -> String {
     format!(
         r#"{{"name":"{tag}","vcpus":2,"memory_mib":512,
 "kernel":{{"path":"/lab/l2/vmlinuz","initrd":"/lab/l2/initrd.gz","cmdline":"{}"}},
-"serial":"stdout","network":[{{"tap":"{tap}","mac":"02:00:00:00:00:01"}}]}}"#,
+"serial":"stdout","network":[{{"tap":"{tap}","mac":"02:00:00:00:00:01","transient":true}}]}}"#,
         guest_cmdline(tag)
     )
 }

@@ -329,8 +329,8 @@ pub fn attach_virtio_rng(
     Ok(())
 }
 
-/// A virtio-net device on the host TAP `net.tap` (opened by name; created non-persistent when
-/// missing and tinyvmm runs as root), in the next virtio-mmio slot.
+/// A virtio-net device on the host TAP `net.tap` (opened by name; with `net.transient` created
+/// non-persistent when missing and tinyvmm runs as root), in the next virtio-mmio slot.
 pub fn attach_net(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -338,7 +338,12 @@ pub fn attach_net(
     subscribers: &mut Subscribers,
     net: &NetConfig,
 ) -> Result<(), AttachError> {
-    let tap = Tap::open_or_create_transient(&net.tap).map_err(AttachError::OpenTap)?;
+    let tap = if net.transient {
+        Tap::open_or_create_transient(&net.tap)
+    } else {
+        Tap::open(&net.tap)
+    }
+    .map_err(AttachError::OpenTap)?;
     let device = Net::new(tap, net.mac.octets()).map_err(|source| AttachError::CreateNet {
         tap: net.tap.clone(),
         source,

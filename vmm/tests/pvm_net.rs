@@ -45,10 +45,14 @@ impl Drop for Netns {
 }
 
 fn config(dir: &Path, name: &str, kernel: &Path, tap: &str) -> PathBuf {
+    config_with(dir, name, kernel, tap, false)
+}
+
+fn config_with(dir: &Path, name: &str, kernel: &Path, tap: &str, transient: bool) -> PathBuf {
     let path = dir.join(format!("{name}.json"));
     let json = format!(
         r#"{{"name":"{name}","vcpus":1,"memory_mib":64,"kernel":{{"path":"{}"}},"serial":"none",
-"network":[{{"tap":"{tap}","mac":"02:00:00:00:00:01"}}]}}"#,
+"network":[{{"tap":"{tap}","mac":"02:00:00:00:00:01","transient":{transient}}}]}}"#,
         kernel.display()
     );
     std::fs::write(&path, json).unwrap();
@@ -102,14 +106,15 @@ fn run_when_tap_exists_in_namespace_then_device_attached_and_guest_runs() {
 }
 
 #[test]
-fn run_when_tap_missing_and_root_then_transient_tap_created_and_removed() {
+fn run_when_tap_missing_and_transient_then_tap_created_and_removed() {
     let ns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let cfg = config_with(
         dir.path(),
         "net2",
         &build_guest("poweroff", dir.path()).unwrap(),
         "vm-new",
+        true,
     );
     let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -117,6 +122,30 @@ fn run_when_tap_missing_and_root_then_transient_tap_created_and_removed() {
     assert!(err.contains("vm-new"), "creation not reported: {err}");
     let link = ns.exec(&["ip", "link", "show", "vm-new"]);
     assert!(!link.status.success(), "transient TAP left behind");
+}
+
+#[test]
+fn run_when_tap_missing_and_not_transient_then_error_names_it_and_nothing_created() {
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "net3",
+        &build_guest("poweroff", dir.path()).unwrap(),
+        "vm-typo",
+    );
+    let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("TAP vm-typo: missing") && err.contains("\"transient\": true"),
+        "{err}"
+    );
+    let link = ns.exec(&["ip", "link", "show", "vm-typo"]);
+    assert!(
+        !link.status.success(),
+        "a TAP was created for a mistyped name"
+    );
 }
 
 #[test]

@@ -146,6 +146,30 @@ fn validate_when_bridge_bad_then_bridge_problem() {
 }
 
 #[test]
+fn validate_when_transient_tap_on_a_bridge_then_transient_problem() {
+    let f = Fixture::new();
+    let text = f.with(
+        r#""bridge": "br-vm1""#,
+        r#""bridge": "br-vm1", "transient": true"#,
+    );
+    assert_one(
+        &text,
+        "network[0].transient",
+        r#"true, "address""#,
+        "a transient TAP is on no bridge",
+    );
+    // Without a bridge the entry is fine, and the flag survives a round trip.
+    let text = f.with(
+        r#", "bridge": "br-vm1", "address": "10.1.0.2/24", "gateway": "10.1.0.1""#,
+        r#", "transient": true"#,
+    );
+    let vm = parse(&text, "x").unwrap();
+    assert!(vm.network[0].transient);
+    let json = serde_json::to_string(&vm).unwrap();
+    assert!(json.contains(r#""transient":true"#), "{json}");
+}
+
+#[test]
 fn validate_when_cidr_prefix_or_host_bad_then_address_problem() {
     let f = Fixture::new();
     for (cidr, words) in [

@@ -44,8 +44,8 @@ pub enum TapError {
     },
     /// The TAP does not exist in this network namespace.
     #[error(
-        "TAP {name}: missing: no such interface (create it first, e.g. with netctl, or run \
-         as root to get a transient one)"
+        "TAP {name}: missing: no such interface (create it first, e.g. with `netctl up`, or \
+         set \"transient\": true in its network entry to let tinyvmm, as root, create one)"
     )]
     Missing {
         /// The TAP.
