@@ -21,7 +21,8 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// How the lab's QEMU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Multi-threaded TCG, 2 vCPUs: the quickest wall-clock boot. For functional tests.
+    /// Multi-threaded TCG, 4 vCPUs by default (`Scenario::l1_cpus`): the quickest wall-clock
+    /// boot. For functional tests.
     Fast,
     /// Single-threaded TCG with `-icount shift=0,sleep=off`, 1 vCPU: time inside the lab is
     /// virtual (1 ns per guest instruction) and immune to host noise. For benchmarks.
@@ -29,11 +30,17 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// QEMU arguments selecting the accelerator, CPU and vCPU count of this mode.
-    pub fn qemu_args(self) -> Vec<&'static str> {
-        let mut args = match self {
-            Mode::Fast => vec!["-accel", "tcg,thread=multi", "-smp", "2"],
-            Mode::Deterministic => vec![
+    /// QEMU arguments selecting the accelerator, CPU and vCPU count of this mode: `cpus`
+    /// vCPUs in fast mode, always 1 in deterministic mode.
+    pub fn qemu_args(self, cpus: u32) -> Vec<String> {
+        let mut args: Vec<String> = match self {
+            Mode::Fast => vec![
+                "-accel".into(),
+                "tcg,thread=multi".into(),
+                "-smp".into(),
+                cpus.to_string(),
+            ],
+            Mode::Deterministic => [
                 "-accel",
                 "tcg",
                 "-icount",
@@ -42,9 +49,11 @@ impl Mode {
                 "1",
                 "-rtc",
                 "clock=vm",
-            ],
+            ]
+            .map(String::from)
+            .to_vec(),
         };
-        args.extend(["-M", "q35", "-cpu", "EPYC,+svm"]);
+        args.extend(["-M", "q35", "-cpu", "EPYC,+svm"].map(String::from));
         args
     }
 }
@@ -56,6 +65,8 @@ pub(crate) struct Machine<'a> {
     pub initrd: &'a Path,
     pub append: &'a str,
     pub memory_mib: u32,
+    /// vCPUs (fast mode).
+    pub cpus: u32,
 }
 
 /// A finished QEMU run (it exited by itself before the deadline).
@@ -126,7 +137,7 @@ pub(crate) fn command(name: &str, mode: Mode, machine: &Machine<'_>) -> Command 
     let mut cmd = Command::new(QEMU);
     // The name makes the process findable (ps, tests checking nothing is left behind).
     cmd.args(["-name", &format!("lab-{name}")])
-        .args(mode.qemu_args())
+        .args(mode.qemu_args(machine.cpus))
         .args(["-m", &machine.memory_mib.to_string()])
         .args([
             "-nodefaults",
@@ -320,7 +331,7 @@ mod tests {
 
     #[test]
     fn mode_args_when_deterministic_then_icount_single_vcpu_svm() {
-        let args = Mode::Deterministic.qemu_args().join(" ");
+        let args = Mode::Deterministic.qemu_args(4).join(" ");
         assert!(args.contains("-icount shift=0,sleep=off"), "{args}");
         assert!(
             args.contains("-smp 1") && args.contains("EPYC,+svm"),
@@ -331,7 +342,7 @@ mod tests {
 
     #[test]
     fn mode_args_when_fast_then_mttcg_two_vcpus() {
-        let args = Mode::Fast.qemu_args().join(" ");
+        let args = Mode::Fast.qemu_args(2).join(" ");
         assert!(
             args.contains("tcg,thread=multi") && args.contains("-smp 2"),
             "{args}"

@@ -37,6 +37,7 @@ pub struct Scenario {
     pub(crate) host_binaries: Vec<PathBuf>,
     pub(crate) timeout: Duration,
     pub(crate) emulation_retries: u32,
+    pub(crate) l1_cpus: u32,
 }
 
 impl Scenario {
@@ -50,7 +51,16 @@ impl Scenario {
             host_binaries: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             emulation_retries: 0,
+            l1_cpus: crate::lab::L1_CPUS,
         }
+    }
+
+    /// Gives L1 `n` vCPUs in fast mode (default [`L1_CPUS`](crate::lab::L1_CPUS); the
+    /// deterministic mode always has 1). See README "Lab reliability" for why the default is
+    /// not lower.
+    pub fn l1_cpus(mut self, n: u32) -> Self {
+        self.l1_cpus = n;
+        self
     }
 
     /// Boots L1 again, up to `n` more times, when the emulated machine itself failed: the run
