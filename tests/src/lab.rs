@@ -26,6 +26,8 @@ pub const L1_MEMORY_MIB: u32 = 3072;
 pub const L1_CPUS: u32 = 4;
 /// RAM when booting the L2 image directly (no nesting).
 const L2_DIRECT_MEMORY_MIB: u32 = 512;
+/// vCPUs when booting the L2 image directly: no nested guests, so L1's default does not apply.
+const L2_DIRECT_CPUS: u32 = 2;
 
 /// The nested KVM lab. Cheap to create once images are cached; runs are serialized across
 /// threads and processes by an flock on `target/lab/lab.lock`.
@@ -109,7 +111,7 @@ impl Lab {
             initrd: &l2_initrd,
             append: L1_CMDLINE,
             memory_mib: L2_DIRECT_MEMORY_MIB,
-            cpus: scenario.l1_cpus,
+            cpus: L2_DIRECT_CPUS,
         };
         let raw = runner::run(&scenario.name, self.mode, &machine, scenario.timeout)?;
         outcome(scenario, raw, "l2.status")

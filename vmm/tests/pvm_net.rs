@@ -105,47 +105,39 @@ fn run_when_tap_exists_in_namespace_then_device_attached_and_guest_runs() {
     assert!(link.status.success());
 }
 
-#[test]
-fn run_when_tap_missing_and_transient_then_tap_created_and_removed() {
+/// Runs a powering-off guest on the missing TAP `tap` in a fresh namespace; returns the exit
+/// code, stderr, and whether `tap` exists afterwards.
+fn run_on_missing_tap(name: &str, tap: &str, transient: bool) -> (Option<i32>, String, bool) {
     let ns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_with(
-        dir.path(),
-        "net2",
-        &build_guest("poweroff", dir.path()).unwrap(),
-        "vm-new",
-        true,
-    );
+    let guest = build_guest("poweroff", dir.path()).unwrap();
+    let cfg = config_with(dir.path(), name, &guest, tap, transient);
     let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let left = ns.exec(&["ip", "link", "show", tap]).status.success();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        left,
+    )
+}
+
+#[test]
+fn run_when_tap_missing_and_transient_then_tap_created_and_removed() {
+    let (code, err, left) = run_on_missing_tap("net2", "vm-new", true);
+    assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("vm-new"), "creation not reported: {err}");
-    let link = ns.exec(&["ip", "link", "show", "vm-new"]);
-    assert!(!link.status.success(), "transient TAP left behind");
+    assert!(!left, "transient TAP left behind");
 }
 
 #[test]
 fn run_when_tap_missing_and_not_transient_then_error_names_it_and_nothing_created() {
-    let ns = Netns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        "net3",
-        &build_guest("poweroff", dir.path()).unwrap(),
-        "vm-typo",
-    );
-    let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err, left) = run_on_missing_tap("net3", "vm-typo", false);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("TAP vm-typo: missing") && err.contains("\"transient\": true"),
         "{err}"
     );
-    let link = ns.exec(&["ip", "link", "show", "vm-typo"]);
-    assert!(
-        !link.status.success(),
-        "a TAP was created for a mistyped name"
-    );
+    assert!(!left, "a TAP was created for a mistyped name");
 }
 
 #[test]
