@@ -6,7 +6,7 @@
 //! and checked identically.
 //!
 //! The guest takes its run name from `lab.run=<run>` and its checks from `lab.fs=<a,b,...>`
-//! (`store`, `ro`, `rw`, `escape`, `big`, `kill`) on its kernel command line and reports
+//! (`store`, `ro`, `rw`, `escape`, `big`, `bench`, `kill`) on its kernel command line and reports
 //! `LAB <run>.<key>=<value>`; L1 reports `LAB <run>.host_<key>=<value>`.
 
 use std::path::PathBuf;
@@ -171,7 +171,9 @@ if has rw; then
     mkdir -p $V/dir/sub && echo n > $V/dir/sub/n && r rw_mkdir=ok || r rw_mkdir=failed
     chmod 640 $V/b && r rw_chmod=ok || r rw_chmod=failed
     chown 1234:5678 $V/b && r rw_chown=ok || r rw_chown=failed
-    r rw_setxattr=$($F try setxattr $V/b user.lab labvalue) rw_getxattr=$($F getxattr $V/b user.lab)
+    # trusted.*: L1's shares are on tmpfs, which in 6.1 keeps trusted.* and security.* xattrs,
+    # not user.* (6.6+).
+    r rw_setxattr=$($F try setxattr $V/b trusted.lab labvalue) rw_getxattr=$($F getxattr $V/b trusted.lab)
     ln -s b $V/sym && r rw_symlink=$(readlink $V/sym) || r rw_symlink=failed
     ln $V/b $V/hard && r rw_hardlink=$(stat -c %h $V/b) || r rw_hardlink=failed
     r rw_guest_stat=$(stat -c '%u:%g_%a' $V/b)
@@ -188,7 +190,19 @@ if has escape; then
 fi
 if has big; then
     t0=$(now); r big_find=$(find /mnt/big | wc -l) big_find_s=$(secs $t0)
-    t0=$(now); ls -lR /mnt/big > /dev/null; r big_lsR=$? big_lsR_s=$(secs $t0)
+fi
+if has bench; then
+    # Each phase starts cold (page cache, dentries and inodes dropped: the server sees FORGETs).
+    B=/mnt/big
+    drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+    drop; t0=$(now); r bench_walk_n=$(find $B | xargs stat -c %s | wc -l) bench_walk_s=$(secs $t0)
+    drop; t0=$(now); ls -lR $B > /dev/null; r bench_lsR=$? bench_lsR_s=$(secs $t0)
+    drop; t0=$(now); r bench_small=$($F readall $B $B/small.list 10000 | tr ' ' _) bench_small_s=$(secs $t0)
+    drop; t0=$(now); r bench_seq_bytes=$(cat $B/seq.bin | wc -c) bench_seq_s=$(secs $t0)
+    # L1 reads the servers' memory now, while every share is mounted and warm, then says so.
+    r bench_measure=1
+    i=0; until [ -e /mnt/var/measured ] || [ $i -ge 600 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -e /mnt/var/measured ] && r bench_measured=1 || r bench_measured=timeout
 fi
 if has kill; then
     r kill_fsync=$($F fsync /mnt/var/killed payload-before-kill)
@@ -249,6 +263,18 @@ pub fn socket_shares(run: &str, shares: &[Share]) -> String {
 /// Where an external backend of a run listens.
 pub fn socket_path(run: &str, tag: &str) -> String {
     format!("/run/vfs-{run}-{tag}.sock")
+}
+
+/// Upstream virtiofsd, installed by `.ci/run` next to the lab cache
+/// (`<lab>/../virtiofsd/bin/virtiofsd`); panics naming the path when it is missing. Leaked
+/// so it fits [`Daemon::Upstream`].
+pub fn upstream_virtiofsd() -> &'static str {
+    let dirs = crate::paths::LabDirs::discover().unwrap_or_else(|e| panic!("{e}"));
+    let path = dirs.lab.join("../virtiofsd/bin/virtiofsd");
+    let path = path
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e} (install it: see .ci/run)", path.display()));
+    Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
 }
 
 /// An external vhost-user-fs backend, as a shell command for one share. All run with the
@@ -354,10 +380,17 @@ lab-report {run}.servers=$n {run}.server_nofile=${{lim:-none}}
 "#
     ));
     if kill {
+        let vmm_cmd = vmm.split(' ').take(2).collect::<Vec<_>>().join(" ");
         s.push_str(&format!(
             r#"i=0; until grep -q "LAB {run}.synced=1" /tmp/{run}.log || [ $i -ge 6000 ]; do usleep 20000; i=$((i + 1)); done
-# $vpid is `timeout`; the VMM is its child.
-for p in /proc/[0-9]*; do [ "$(cut -d' ' -f4 $p/stat 2>/dev/null)" = "$vpid" ] && tp=${{p#/proc/}}; done
+# The VMM is $vpid itself (busybox `timeout` execs the command and watches from a forked
+# child) or its child (coreutils `timeout`): the one whose command line is the VMM's.
+tp=
+for p in /proc/$vpid /proc/[0-9]*; do
+    [ "${{p#/proc/}}" = "$vpid" ] || [ "$(cut -d' ' -f4 $p/stat 2>/dev/null)" = "$vpid" ] || continue
+    case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in "{vmm_cmd}"*) tp=${{p#/proc/}}; break;; esac
+done
+lab-report {run}.host_vmm_pid=${{tp:-none}}
 kill -9 $tp; lab-report {run}.host_kill=$?
 "#
         ));
@@ -396,8 +429,8 @@ pub fn host_check_script(run: &str) -> String {
         r#"
 V=/var/lib/microvms/vm1/var; E=/var/lib/microvms/vm1/etc
 h() {{ lab-report {run}.host_$*; }}
-[ -f $V/b ] && h b_stat=$(stat -c '%u:%g_%a_%h' $V/b) b_data=$(cat $V/b)
-[ -f $V/b ] && h b_xattr=$({FSPROBE_L1} getxattr $V/b user.lab)
+[ -f $V/b ] && h b_stat=$(stat -c '%u:%g_%a_%h' $V/b) && h b_data=$(cat $V/b)
+[ -f $V/b ] && h b_xattr=$({FSPROBE_L1} getxattr $V/b trusted.lab)
 [ -L $V/sym ] && h sym=$(readlink $V/sym)
 [ -f $V/synced ] && h synced=$(cat $V/synced)
 [ -f $V/killed ] && h killed=$(cat $V/killed)
@@ -405,6 +438,46 @@ h() {{ lab-report {run}.host_$*; }}
 [ -L $E/gsym ] && h gsym=$(readlink $E/gsym)
 [ -e $V/null0 ] && h null0=$(stat -c '%F' $V/null0 | tr ' ' _)
 h secret=$(cat /lab-secret)
+"#
+    )
+}
+
+/// L1 setup of the file-system benchmark: a store-like tree of `files` files (mostly tiny,
+/// every tenth 4 KiB, every hundredth 32 KiB) in `dirs` directories at /srv/big, the list of
+/// the first 10,000 files for the small-file reads, a 16 MiB file for the sequential read, and
+/// the empty rw shares. Reports `host.bench_entries` (what the guest's walk must count).
+pub fn bench_setup_script(files: u32, dirs: u32) -> String {
+    format!(
+        r#"
+set -u
+mkdir -p /var/lib/microvms/vm1/etc /var/lib/microvms/vm1/var
+{FSPROBE_L1} mktree /srv/big {files} {dirs}
+mkdir -p /nix/store/00000000000000000000000000000000-fsprobe/bin
+cp {FSPROBE_L1} /nix/store/00000000000000000000000000000000-fsprobe/bin/fsprobe
+head -c 16777216 /dev/urandom > /srv/big/seq.bin
+(cd /srv/big && find . -type f -name 'f*' | sort | head -n 10000) > /srv/big/small.list
+lab-report host.bench_entries=$(find /srv/big | wc -l)
+"#
+    )
+}
+
+/// Runs in the background before a benchmark run's VM: when the guest reports
+/// `<run>.bench_measure=1`, reports the servers' summed resident memory
+/// (`<run>.host_server_rss_kib`, VmRSS of every virtiofsd process) and their count, then
+/// creates `measured` on the `var` share so the guest goes on.
+pub fn bench_measure_script(run: &str) -> String {
+    format!(
+        r#"(
+i=0; until grep -q "LAB {run}.bench_measure=1" /tmp/{run}.log 2>/dev/null || [ $i -ge 12000 ]; do usleep 100000; i=$((i + 1)); done
+rss=0; n=0
+for p in /proc/[0-9]*; do
+    c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
+    case "$c" in timeout*|grep*|"") continue;; *virtiofsd*) ;; *) continue;; esac
+    k=$(awk '/^VmRSS:/ {{print $2}}' $p/status); rss=$((rss + ${{k:-0}})); n=$((n + 1))
+done
+lab-report {run}.host_server_rss_kib=$rss {run}.host_server_procs=$n
+touch /var/lib/microvms/vm1/var/measured
+) &
 "#
     )
 }
