@@ -6,7 +6,7 @@
 //! and checked identically.
 //!
 //! The guest takes its run name from `lab.run=<run>` and its checks from `lab.fs=<a,b,...>`
-//! (`store`, `ro`, `rw`, `escape`, `big`, `bench`, `kill`) on its kernel command line and reports
+//! (`store`, `ro`, `rw`, `escape`, `big`, `kill`) on its kernel command line and reports
 //! `LAB <run>.<key>=<value>`; L1 reports `LAB <run>.host_<key>=<value>`.
 
 use std::path::PathBuf;
@@ -190,19 +190,6 @@ if has escape; then
 fi
 if has big; then
     t0=$(now); r big_find=$(find /mnt/big | wc -l) big_find_s=$(secs $t0)
-fi
-if has bench; then
-    # Each phase starts cold (page cache, dentries and inodes dropped: the server sees FORGETs).
-    B=/mnt/big
-    drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-    drop; t0=$(now); r bench_walk_n=$(find $B | xargs stat -c %s | wc -l) bench_walk_s=$(secs $t0)
-    drop; t0=$(now); ls -lR $B > /dev/null; r bench_lsR=$? bench_lsR_s=$(secs $t0)
-    drop; t0=$(now); r bench_small=$($F readall $B $B/small.list 10000 | tr ' ' _) bench_small_s=$(secs $t0)
-    drop; t0=$(now); r bench_seq_bytes=$(cat $B/seq.bin | wc -c) bench_seq_s=$(secs $t0)
-    # L1 reads the servers' memory now, while every share is mounted and warm, then says so.
-    r bench_measure=1
-    i=0; until [ -e /mnt/var/measured ] || [ $i -ge 600 ]; do sleep 0.1; i=$((i + 1)); done
-    [ -e /mnt/var/measured ] && r bench_measured=1 || r bench_measured=timeout
 fi
 if has kill; then
     r kill_fsync=$($F fsync /mnt/var/killed payload-before-kill)
@@ -438,46 +425,6 @@ h() {{ lab-report {run}.host_$*; }}
 [ -L $E/gsym ] && h gsym=$(readlink $E/gsym)
 [ -e $V/null0 ] && h null0=$(stat -c '%F' $V/null0 | tr ' ' _)
 h secret=$(cat /lab-secret)
-"#
-    )
-}
-
-/// L1 setup of the file-system benchmark: a store-like tree of `files` files (mostly tiny,
-/// every tenth 4 KiB, every hundredth 32 KiB) in `dirs` directories at /srv/big, the list of
-/// the first 10,000 files for the small-file reads, a 16 MiB file for the sequential read, and
-/// the empty rw shares. Reports `host.bench_entries` (what the guest's walk must count).
-pub fn bench_setup_script(files: u32, dirs: u32) -> String {
-    format!(
-        r#"
-set -u
-mkdir -p /var/lib/microvms/vm1/etc /var/lib/microvms/vm1/var
-{FSPROBE_L1} mktree /srv/big {files} {dirs}
-mkdir -p /nix/store/00000000000000000000000000000000-fsprobe/bin
-cp {FSPROBE_L1} /nix/store/00000000000000000000000000000000-fsprobe/bin/fsprobe
-head -c 16777216 /dev/urandom > /srv/big/seq.bin
-(cd /srv/big && find . -type f -name 'f*' | sort | head -n 10000) > /srv/big/small.list
-lab-report host.bench_entries=$(find /srv/big | wc -l)
-"#
-    )
-}
-
-/// Runs in the background before a benchmark run's VM: when the guest reports
-/// `<run>.bench_measure=1`, reports the servers' summed resident memory
-/// (`<run>.host_server_rss_kib`, VmRSS of every virtiofsd process) and their count, then
-/// creates `measured` on the `var` share so the guest goes on.
-pub fn bench_measure_script(run: &str) -> String {
-    format!(
-        r#"(
-i=0; until grep -q "LAB {run}.bench_measure=1" /tmp/{run}.log 2>/dev/null || [ $i -ge 12000 ]; do usleep 100000; i=$((i + 1)); done
-rss=0; n=0
-for p in /proc/[0-9]*; do
-    c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
-    case "$c" in timeout*|grep*|"") continue;; *virtiofsd*) ;; *) continue;; esac
-    k=$(awk '/^VmRSS:/ {{print $2}}' $p/status); rss=$((rss + ${{k:-0}})); n=$((n + 1))
-done
-lab-report {run}.host_server_rss_kib=$rss {run}.host_server_procs=$n
-touch /var/lib/microvms/vm1/var/measured
-) &
 "#
     )
 }

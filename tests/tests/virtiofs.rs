@@ -21,19 +21,9 @@ fn scenario(name: &str, script: &str) -> Scenario {
         .emulation_retries(1)
 }
 
-/// Upstream virtiofsd, installed by `.ci/run` into the lab cache's sibling directory.
-fn upstream_virtiofsd() -> &'static str {
-    let dirs = lab::paths::LabDirs::discover().unwrap_or_else(|e| panic!("{e}"));
-    let path = dirs.lab.join("../virtiofsd/bin/virtiofsd");
-    let path = path
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("{}: {e} (install it: see .ci/run)", path.display()));
-    Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
-}
-
 #[test]
 fn virtiofs_when_mixing_frontends_and_backends_then_store_mounts_and_checksums_match() {
-    let upstream = upstream_virtiofsd();
+    let upstream = virtiofs::upstream_virtiofsd();
     let store = &SHARES[..3];
     let mut script = virtiofs::setup_script(1000);
     // Reference: QEMU microvm + upstream virtiofsd (known-good parts).
