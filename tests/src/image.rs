@@ -63,6 +63,10 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     ("virtio_ring", true),
     ("virtio", true),
     ("virtio_mmio", true),
+    // virtio-pci, for the guests QEMU (q35) runs in the virtio-fs interop test.
+    ("virtio_pci_legacy_dev", false),
+    ("virtio_pci_modern_dev", false),
+    ("virtio_pci", false),
     ("failover", true),
     ("net_failover", true),
     ("virtio_net", true),

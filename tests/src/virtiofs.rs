@@ -9,7 +9,7 @@
 //! (`store`, `ro`, `rw`, `escape`, `big`, `kill`) on its kernel command line and reports
 //! `LAB <run>.<key>=<value>`; L1 reports `LAB <run>.host_<key>=<value>`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The helper's C source (see its header for the commands).
@@ -300,19 +300,23 @@ impl Daemon {
     }
 }
 
-/// QEMU microvm with one vhost-user-fs-device per share (memfd guest memory, shared).
+/// QEMU (q35) with one vhost-user-fs-pci device per share (memfd guest memory, shared).
+/// Not microvm: QEMU 10's microvm with ACPI (which Debian's kernel needs to find its
+/// virtio-mmio devices) never reaches the guest kernel under L1's KVM — no output at all,
+/// with either SeaBIOS build, with or without ioapic2/pcie/pit/rtc — while q35 and microvm
+/// with `acpi=off` boot at once. virtio-pci is the transport QEMU users share with most.
 pub fn qemu_command(run: &str, shares: &[Share], checks: &str) -> String {
     let tags: Vec<&str> = shares.iter().map(|s| s.tag).collect();
+    let cmdline = guest_cmdline(run, &tags, checks).replace(" pci=off", "");
     let mut cmd = format!(
-        "qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off,memory-backend=mem -enable-kvm \
+        "qemu-system-x86_64 -M q35,memory-backend=mem -enable-kvm \
          -cpu host -smp 1 -m 256 -object memory-backend-memfd,id=mem,size=256M,share=on \
          -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-         -kernel /lab/l2/vmlinuz -initrd /lab/l2/initrd.gz -append '{}'",
-        guest_cmdline(run, &tags, checks)
+         -kernel /lab/l2/vmlinuz -initrd /lab/l2/initrd.gz -append '{cmdline}'"
     );
     for (i, s) in shares.iter().enumerate() {
         cmd.push_str(&format!(
-            " -chardev socket,id=fs{i},path={} -device vhost-user-fs-device,chardev=fs{i},tag={}",
+            " -chardev socket,id=fs{i},path={} -device vhost-user-fs-pci,chardev=fs{i},tag={}",
             socket_path(run, s.tag),
             s.tag
         ));
@@ -320,13 +324,31 @@ pub fn qemu_command(run: &str, shares: &[Share], checks: &str) -> String {
     cmd
 }
 
-/// QEMU's firmware files, copied into L1 at the same paths.
-pub const QEMU_FIRMWARE: &[&str] = &[
-    "/usr/share/qemu/bios-microvm.bin",
-    "/usr/share/qemu/linuxboot_dma.bin",
-    "/usr/share/qemu/pvh.bin",
-    "/usr/share/qemu/kvmvapic.bin",
-];
+/// QEMU's firmware files, copied into L1 at the same paths: the ones of this host's QEMU.
+/// SeaBIOS is /usr/share/qemu/bios-256k.bin up to QEMU 7.2 (Debian bookworm) and only
+/// /usr/share/seabios/bios-256k.bin from QEMU 10 (bookworm-backports), which searches that
+/// directory too. Panics (a test-setup failure) if a file has no copy at all.
+pub fn qemu_firmware() -> Vec<&'static str> {
+    const FILES: &[&[&str]] = &[
+        &[
+            "/usr/share/qemu/bios-256k.bin",
+            "/usr/share/seabios/bios-256k.bin",
+        ],
+        &["/usr/share/qemu/linuxboot_dma.bin"],
+        &["/usr/share/qemu/pvh.bin"],
+        &["/usr/share/qemu/kvmvapic.bin"],
+    ];
+    FILES
+        .iter()
+        .map(|candidates| {
+            candidates
+                .iter()
+                .copied()
+                .find(|p| Path::new(p).is_file())
+                .unwrap_or_else(|| panic!("QEMU firmware missing: none of {candidates:?}"))
+        })
+        .collect()
+}
 
 /// The L1 side of one VM run: starts `daemon` for every share under `ulimit -n 1024` (if
 /// any), then `vmm` (a shell command, also under `ulimit -n 1024`, with its console in
@@ -356,6 +378,8 @@ pub fn vm_run_script(
     s.push_str(&format!(
         r#"(ulimit -n 1024; exec timeout 900 {vmm}) >/tmp/{run}.log 2>&1 &
 vpid=$!
+# The console live on L1's, prefixed so its report lines count once (from the `cat` below).
+tail -f /tmp/{run}.log 2>/dev/null | while IFS= read -r l; do echo "{run}| $l"; done &
 i=0; until grep -q "LAB {run}.mounted=" /tmp/{run}.log || ! kill -0 $vpid 2>/dev/null || [ $i -ge 3000 ]; do sleep 0.1; i=$((i + 1)); done
 n=0; lim=
 for p in /proc/[0-9]*; do
@@ -386,6 +410,7 @@ kill -9 $tp; lab-report {run}.host_kill=$?
         r#"wait $vpid
 rc=$?
 for p in $pids; do kill $p 2>/dev/null; wait $p; done
+pkill -f "tail -f /tmp/{run}.log"
 cat /tmp/{run}.log
 [ $rc = 0 ] || cat /tmp/{run}-*.dlog 2>/dev/null
 left=0

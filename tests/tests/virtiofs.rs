@@ -48,7 +48,7 @@ fn virtiofs_when_mixing_frontends_and_backends_then_store_mounts_and_checksums_m
     let mut scenario = scenario("virtiofs-interop", &script)
         .host_binary("/usr/bin/qemu-system-x86_64")
         .host_binary(upstream);
-    for fw in virtiofs::QEMU_FIRMWARE {
+    for fw in virtiofs::qemu_firmware() {
         scenario = scenario.file(
             fw,
             std::fs::read(fw).unwrap_or_else(|e| panic!("{fw}: {e}")),
