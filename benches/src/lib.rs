@@ -22,6 +22,7 @@ pub const GUESTS: &[&str] = &[
     "serial_hello",
     "serial_echo",
     "pvpanic",
+    "mmio_flood",
 ];
 
 /// Errors assembling a guest.
