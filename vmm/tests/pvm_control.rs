@@ -33,23 +33,26 @@ impl Vm {
             ),
         )
         .unwrap();
+        let mut vm = Vm { dir, child: None };
+        vm.run(name, extra_args);
+        vm
+    }
+
+    /// Runs `<dir>/<name>.json` (again) and waits until `tinyvmm status` says it runs.
+    fn run(&mut self, name: &str, extra_args: &[&str]) {
         let child = Command::new(env!("CARGO_BIN_EXE_tinyvmm"))
             .arg("run")
-            .arg(&cfg)
+            .arg(self.dir.path().join(format!("{name}.json")))
             .arg("--run-dir")
-            .arg(dir.path().join("run"))
+            .arg(self.run_dir())
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut vm = Vm {
-            dir,
-            child: Some(child),
-        };
-        vm.wait_for(name, |s| s["state"] == "running");
-        vm
+        self.child = Some(child);
+        self.wait_for(name, |s| s["state"] == "running");
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -223,4 +226,39 @@ fn control_when_peer_lacks_permission_then_refused_until_in_socket_group() {
     assert!(allowed.status.success(), "{}", text(&allowed.stderr));
     drop(grouped.cli(&["stop", "ctl4", "--force"]));
     grouped.wait_exit();
+}
+
+#[test]
+fn control_when_tinyvmm_was_sigkilled_then_stale_files_do_not_block_the_next_start() {
+    let mut vm = Vm::start("kill9", &[]);
+    let first_pid = vm.child.as_ref().map(Child::id).unwrap();
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    assert_eq!(vm.wait_exit(), -1, "killed by a signal");
+    // kill -9 left the socket file (and the lock file) behind: they must read as stale.
+    assert!(vm.run_dir().join("kill9.sock").exists());
+    let status = vm.cli(&["status", "kill9"]);
+    assert!(
+        !status.status.success() && text(&status.stderr).contains("not running"),
+        "{}",
+        text(&status.stderr)
+    );
+    let ls = vm.cli(&["ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["state"] != "running"),
+        "{list}"
+    );
+
+    // The same VM starts again in the same run dir and its new socket answers.
+    vm.run("kill9", &[]);
+    let s = vm.status("kill9").unwrap();
+    assert_ne!(s["pid"].as_u64(), Some(u64::from(first_pid)), "{s}");
+    let stop = vm.cli(&["stop", "kill9", "--force"]);
+    assert_eq!(stop.status.code(), Some(5), "{}", text(&stop.stderr));
+    assert_eq!(vm.wait_exit(), 5);
+    assert!(!vm.run_dir().join("kill9.sock").exists());
 }
