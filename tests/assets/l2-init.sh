@@ -10,10 +10,19 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp /run && mount -t tmpfs tmpfs /tmp
 echo "LAB l2.init_uptime=$(cut -d' ' -f1 /proc/uptime) l2.boot_timer_write=$boot_timer"
 failed=""
+# virtio_mmio's parameters come from the kernel command line, as kmod's modprobe takes them
+# (busybox insmod does not): with virtio_mmio.device= there (a NixOS-style guest, acpi=off),
+# the build with CMDLINE_DEVICES is loaded instead of Debian's.
+mmio=acpi
 for m in $(cat /lib/modules/order); do
-    insmod "/lib/modules/$m.ko" || failed="$failed,$m"
+    ko="/lib/modules/$m.ko" args=""
+    if [ "$m" = virtio_mmio ]; then
+        args=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^virtio_mmio\.//p' | tr '\n' ' ')
+        [ -n "$args" ] && ko=/lib/modules/virtio_mmio-cmdline.ko mmio=cmdline
+    fi
+    insmod "$ko" $args || failed="$failed,$m"
 done
-echo "LAB l2.modules=${failed:-ok}"
+echo "LAB l2.modules=${failed:-ok} l2.virtio_mmio=$mmio"
 # Like busybox init: Ctrl-Alt-Del becomes SIGINT to this init (not an immediate kernel
 # reboot), and init answers it with a clean reboot. The scenario runs in the background so
 # that `wait` returns as soon as the signal arrives.

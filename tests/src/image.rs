@@ -10,6 +10,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::cmdline_mmio;
 use crate::cpio::CpioWriter;
 use crate::debian::{self, run_output, Package};
 use crate::paths::{create_dir, LabDirs};
@@ -85,6 +86,9 @@ pub const L2_MODULES: &[(&str, bool)] = &[
     ("pvpanic-mmio", false),
 ];
 
+/// Where the L2 image holds `virtio_mmio` built with CMDLINE_DEVICES ([`crate::cmdline_mmio`]).
+pub const L2_CMDLINE_MMIO_MODULE: &str = "lib/modules/virtio_mmio-cmdline.ko";
+
 /// Kernel command line of L1. `cryptomgr.notests` skips the crypto self-tests, which take
 /// half of L1's boot under TCG (0.9 of 1.8 virtual seconds).
 pub const L1_CMDLINE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests=1";
@@ -118,6 +122,7 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
     let root = debian::fetch_unpacked(&kernel_package, &debs)?;
     debian::prune_other_packages(&debs, "linux-image-", &kernel_package);
     let kernel_release = kernel_release(&root)?;
+    let cmdline_mmio = cmdline_mmio::prepare(&dirs.lab, &debs, &kernel_package, &kernel_release)?;
     let key = format!(
         "{}-{:016x}",
         kernel_package.key(),
@@ -131,6 +136,7 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
             &L1_MODULE_DIRS.join(","),
             &L1_MODULE_EXCLUDES.join(","),
             &l2_module_names(),
+            cmdline_mmio::KBUILD,
         ])
     );
     let dir = dirs.lab.join("images").join(key);
@@ -152,7 +158,7 @@ pub fn prepare(dirs: &LabDirs) -> Result<BaseImages, LabError> {
         })?;
     }
     create_dir(&dir)?;
-    build(&root, &dir, &images)?;
+    build(&root, &dir, &images, &cmdline_mmio)?;
     let marker = dir.join(".complete");
     fs::write(&marker, b"").map_err(|source| LabError::WriteFile {
         path: marker,
@@ -187,7 +193,12 @@ fn recently_used(dir: &Path) -> bool {
         .is_some_and(|age| age < std::time::Duration::from_secs(3600))
 }
 
-fn build(root: &Path, dir: &Path, images: &BaseImages) -> Result<(), LabError> {
+fn build(
+    root: &Path,
+    dir: &Path,
+    images: &BaseImages,
+    cmdline_mmio: &Path,
+) -> Result<(), LabError> {
     let release = &images.kernel_release;
     let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     copy(&vmlinuz, &images.vmlinuz)?;
@@ -224,6 +235,8 @@ fn build(root: &Path, dir: &Path, images: &BaseImages) -> Result<(), LabError> {
             order.push_str(name);
             order.push('\n');
         }
+        // Loaded instead of virtio_mmio when the kernel command line has virtio_mmio.device=.
+        w.host_file(L2_CMDLINE_MMIO_MODULE, cmdline_mmio)?;
         w.file("lib/modules/order", 0o644, order.as_bytes())
     })?;
     let l2_raw = images.l2_base.with_extension("");

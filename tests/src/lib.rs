@@ -19,6 +19,7 @@
 //! # Ok::<(), lab::LabError>(())
 //! ```
 
+pub mod cmdline_mmio;
 pub mod cpio;
 pub mod debian;
 mod error;

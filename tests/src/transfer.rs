@@ -113,12 +113,22 @@ pub fn check(
     kv: &std::collections::BTreeMap<String, String>,
     tag: &str,
 ) -> Result<TransferResult, String> {
+    check_with_exit(kv, tag, 0)
+}
+
+/// [`check`] for a VMM expected to exit with `exit` (e.g. 3 when the guest ends by rebooting,
+/// as guests without ACPI do).
+pub fn check_with_exit(
+    kv: &std::collections::BTreeMap<String, String>,
+    tag: &str,
+    exit: i32,
+) -> Result<TransferResult, String> {
     let get = |k: &str| kv.get(&format!("{tag}.{k}")).map(String::as_str);
     let want = |k: &str, v: &str| match get(k) {
         Some(got) if got == v => Ok(()),
         other => Err(format!("{tag}.{k}: wanted {v}, got {other:?}")),
     };
-    want("exit", "0")?;
+    want("exit", &exit.to_string())?;
     want("guest_ping", "ok")?;
     want("host_ping", "ok")?;
     let md5 = |k: &str| {
