@@ -2,7 +2,9 @@
 //! networks of `examples/vm1..4.json` inside L1, four tinyvmm VMs boot at once on those TAPs,
 //! and from inside each guest: the gateway answers, a server in an "upstream" namespace is
 //! reached through NAT (it sees the host's uplink address), and no other VM — nor another
-//! VM's gateway — is reachable over ICMP or TCP. Then `netctl down` leaves no trace.
+//! VM's gateway — is reachable over ICMP or TCP. Each VM also mounts the examples' three
+//! shares (one read-only store for all, its own etc and var). Then `netctl down` leaves no
+//! trace.
 //!
 //! Run it alone: `cargo build --release --workspace && cargo test -p tinyvmm-lab --test demo -- --nocapture`
 
@@ -26,6 +28,13 @@ ip addr add 10.$n.0.2/24 dev eth0
 ip route add default via 10.$n.0.1
 mkdir -p /srv && echo "$me" > /srv/index.html && httpd -p 8081 -h /srv
 ping -c 2 -W 3 10.$n.0.1 >/dev/null && r gateway=ok || r gateway=failed
+# The examples' shares: the host's store read-only, this VM's own etc and var.
+mkdir -p /nix/store /mnt/etc /mnt/var
+mount -t virtiofs nix-store /nix/store && mount -t virtiofs etc /mnt/etc &&
+    mount -t virtiofs var /mnt/var && r shares=ok || r shares=failed
+r store=$(cat /nix/store/demo-hello/bin/hello)
+touch /nix/store/x 2>/dev/null && r store_write=allowed || r store_write=refused
+echo "$me" > /mnt/var/who && sync && r var_write=ok || r var_write=failed
 r ready=1
 i=0; until timeout 5 wget -q -O /dev/null $up/go 2>/dev/null || [ $i -ge 300 ]; do sleep 1; i=$((i + 1)); done
 # busybox httpd listens on IPv6 and reports IPv4 peers as [::ffff:a.b.c.d].
@@ -60,6 +69,10 @@ printf '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n%%s" "$REMOTE_ADD
 chmod +x /srv/up/cgi-bin/ip
 $IP netns exec upstream httpd -p 8080 -h /srv/up
 
+# What the examples' shares point at: one store for all, etc/var per VM.
+mkdir -p /nix/store/demo-hello/bin && echo hello-from-the-store > /nix/store/demo-hello/bin/hello
+for n in 1 2 3 4; do mkdir -p /var/lib/microvms/vm$n/etc /var/lib/microvms/vm$n/var; done
+
 nft list ruleset > /tmp/nft.before
 $IP -br link > /tmp/link.before
 netctl apply --uplink up0 /lab/examples/vm1.json /lab/examples/vm2.json /lab/examples/vm3.json /lab/examples/vm4.json
@@ -91,6 +104,7 @@ wait_all tested && lab-report all.tested=1
 touch /srv/up/done
 wait
 
+for n in 1 2 3 4; do lab-report vm$n.host_who=$(cat /var/lib/microvms/vm$n/var/who 2>/dev/null || echo none); done
 netctl down /lab/examples/vm1.json /lab/examples/vm2.json /lab/examples/vm3.json /lab/examples/vm4.json
 lab-report netctl.down=$?
 nft list ruleset > /tmp/nft.after
@@ -100,11 +114,12 @@ cmp -s /tmp/link.before /tmp/link.after && lab-report trace.links=none || { diff
 "#;
 
 /// The tinyvmm config for VM `n`: the example's name and network section (what netctl
-/// applied), the lab's kernel and initrd instead of the host paths, and no shares.
+/// applied) and shares (served by tinyvmm's embedded server), the lab's kernel and initrd
+/// instead of the host paths, 1 vCPU and 256 MiB (four VMs fit L1's 4 CPUs and 3 GiB).
 fn lab_vm_config(example: &str, n: u32) -> String {
     let mut v: serde_json::Value = serde_json::from_str(example).unwrap();
     let obj = v.as_object_mut().unwrap();
-    obj.remove("shares");
+    assert_eq!(obj["shares"].as_array().map(Vec::len), Some(3), "{example}");
     obj.remove("control_socket");
     obj.insert("memory_mib".into(), 256.into());
     obj.insert("vcpus".into(), 1.into());
@@ -147,6 +162,12 @@ fn demo_when_four_vms_on_netctl_networks_then_nat_works_and_vms_are_isolated() {
     for n in VMS {
         out.assert_kv(&format!("vm{n}.exit"), "0");
         out.assert_kv(&format!("vm{n}.gateway"), "ok");
+        out.assert_kv(&format!("vm{n}.shares"), "ok");
+        out.assert_kv(&format!("vm{n}.store"), "hello-from-the-store");
+        out.assert_kv(&format!("vm{n}.store_write"), "refused");
+        out.assert_kv(&format!("vm{n}.var_write"), "ok");
+        // Each VM wrote its own var share, nobody else's.
+        out.assert_kv(&format!("vm{n}.host_who"), &format!("vm{n}"));
         // NAT: the upstream server sees the host's uplink address, not 10.N.0.2.
         out.assert_kv(&format!("vm{n}.upstream_sees"), "100.64.0.1");
         for o in VMS.iter().filter(|&&o| o != n) {
