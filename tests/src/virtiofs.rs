@@ -354,7 +354,8 @@ pub fn qemu_firmware() -> Vec<&'static str> {
 /// any), then `vmm` (a shell command, also under `ulimit -n 1024`, with its console in
 /// /tmp/<run>.log), waits for it, and prints the console. With `kill` the VMM is SIGKILLed as
 /// soon as the guest reports `synced=1`. Upstream virtiofsd raises its own soft fd limit to
-/// the hard one unless told otherwise, so it gets `--rlimit-nofile 1024` as well. Reports `<run>.exit`, `<run>.server_nofile` (the fd
+/// the hard one unless told otherwise, so it gets `--rlimit-nofile 1024` as well. Reports `<run>.exit`, `<run>.server_hwm_kib` (each
+/// backend's peak RSS), `<run>.server_nofile` (the fd
 /// limit of every backend process) and `<run>.servers` (how many there were).
 pub fn vm_run_script(
     run: &str,
@@ -386,6 +387,9 @@ for p in /proc/[0-9]*; do
     c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
     case "$c" in timeout*|grep*|"") continue;; *virtiofsd*) ;; *) continue;; esac
     n=$((n + 1)); lim="$lim$(awk '/Max open files/ {{print $4}}' $p/limits),"
+    # Its peak RSS (VmHWM), sampled every 0.5 s until it is gone; the last sample stays.
+    (while v=$(awk '/VmHWM/ {{print $2}}' $p/status 2>/dev/null) && [ -n "$v" ]; do
+        echo "$v" > /tmp/{run}-hwm-$n; sleep 0.5; done) &
 done
 lab-report {run}.servers=$n {run}.server_nofile=${{lim:-none}}
 "#
@@ -413,6 +417,7 @@ for p in $pids; do kill $p 2>/dev/null; wait $p; done
 pkill -f "tail -f /tmp/{run}.log"
 cat /tmp/{run}.log
 [ $rc = 0 ] || cat /tmp/{run}-*.dlog 2>/dev/null
+lab-report {run}.server_hwm_kib=$(cat /tmp/{run}-hwm-* 2>/dev/null | tr '\n' ',')
 left=0
 for p in /proc/[0-9]*; do
     c=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)

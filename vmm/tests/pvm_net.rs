@@ -1,11 +1,12 @@
 //! virtio-net attach on this host's KVM, inside a network namespace the test creates: tinyvmm
 //! opens the TAP named in the config, creates a non-persistent one when it is missing (root),
-//! and names the TAP when it cannot use it.
+//! and names the TAP when it cannot use it; a tinyvmm killed with SIGKILL leaves neither its
+//! persistent TAP busy nor a transient TAP behind. Every child runs under a deadline.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tinyvmm_benches::build_guest;
 
@@ -79,6 +80,61 @@ fn tinyvmm(ns: &Netns, dir: &Path, cfg: &Path) -> Command {
     cmd
 }
 
+/// How long any child of these tests may run.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` to completion within [`LIMIT`]; kills it and panics past the deadline.
+fn output(cmd: &mut Command) -> Output {
+    let child = cmd.spawn().unwrap();
+    wait_output(child)
+}
+
+fn wait_output(mut child: Child) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "child still running after {LIMIT:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Waits until `child` has a /dev/net/tun descriptor attached to `tap` (its fdinfo names the
+/// interface): the state the busy and kill -9 cases need, not just a running process.
+fn wait_tap_open(child: &mut Child, tap: &str) {
+    let start = Instant::now();
+    let pid = child.id();
+    let want = format!("iff:\t{tap}\n");
+    loop {
+        let attached = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/net/tun"))
+                    && std::fs::read_to_string(format!(
+                        "/proc/{pid}/fdinfo/{}",
+                        fd.file_name().to_string_lossy()
+                    ))
+                    .is_ok_and(|info| info.contains(&want))
+            });
+        if attached {
+            return;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("tinyvmm exited before it opened {tap}: {st}");
+        }
+        assert!(start.elapsed() < LIMIT, "tinyvmm never opened {tap}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn run_when_tap_exists_in_namespace_then_device_attached_and_guest_runs() {
     let ns = Netns::new();
@@ -97,7 +153,7 @@ fn run_when_tap_exists_in_namespace_then_device_attached_and_guest_runs() {
         &build_guest("poweroff", dir.path()).unwrap(),
         "vm-t1",
     );
-    let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
+    let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     // The persistent TAP is still there afterwards: tinyvmm only borrowed it.
@@ -112,7 +168,7 @@ fn run_on_missing_tap(name: &str, tap: &str, transient: bool) -> (Option<i32>, S
     let dir = tempfile::tempdir().unwrap();
     let guest = build_guest("poweroff", dir.path()).unwrap();
     let cfg = config_with(dir.path(), name, &guest, tap, transient);
-    let out = tinyvmm(&ns, dir.path(), &cfg).output().unwrap();
+    let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
     let left = ns.exec(&["ip", "link", "show", tap]).status.success();
     (
         out.status.code(),
@@ -151,12 +207,82 @@ fn run_when_tap_busy_then_error_names_the_tap() {
     let spin = build_guest("spin", dir.path()).unwrap();
     let first_cfg = config(dir.path(), "holder", &spin, "vm-busy");
     let mut first = tinyvmm(&ns, dir.path(), &first_cfg).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    wait_tap_open(&mut first, "vm-busy");
     let second_cfg = config(dir.path(), "second", &spin, "vm-busy");
-    let out = tinyvmm(&ns, dir.path(), &second_cfg).output().unwrap();
+    let out = output(&mut tinyvmm(&ns, dir.path(), &second_cfg));
     let _ = first.kill();
     let _ = first.wait();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("vm-busy"), "{err}");
+}
+
+/// Starts the `spin` guest as `name` on `tap`, waits until it runs, SIGKILLs it (`ip netns
+/// exec` execs tinyvmm, so the child is tinyvmm itself) and reaps it.
+fn spin_then_kill9(ns: &Netns, dir: &Path, name: &str, tap: &str, transient: bool) {
+    let cfg = config_with(
+        dir,
+        name,
+        &build_guest("spin", dir).unwrap(),
+        tap,
+        transient,
+    );
+    let mut child = tinyvmm(ns, dir, &cfg).spawn().unwrap();
+    wait_tap_open(&mut child, tap);
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let out = wait_output(child);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL)
+    );
+}
+
+#[test]
+fn run_when_previous_tinyvmm_was_sigkilled_then_its_persistent_tap_is_free_again() {
+    let ns = Netns::new();
+    let made = ns.exec(&[
+        "ip", "tuntap", "add", "dev", "vm-k9", "mode", "tap", "vnet_hdr",
+    ]);
+    assert!(made.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    spin_then_kill9(&ns, dir.path(), "k9", "vm-k9", false);
+    // The same VM on the same TAP: attached (not busy), runs and powers off.
+    let cfg = config(
+        dir.path(),
+        "k9",
+        &build_guest("poweroff", dir.path()).unwrap(),
+        "vm-k9",
+    );
+    let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(ns.exec(&["ip", "link", "show", "vm-k9"]).status.success());
+}
+
+#[test]
+fn run_when_previous_tinyvmm_with_transient_tap_was_sigkilled_then_no_tap_is_left() {
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    spin_then_kill9(&ns, dir.path(), "k9t", "vm-k9t", true);
+    // A non-persistent TAP lives as long as its file descriptor: the kernel removed it.
+    assert!(!ns.exec(&["ip", "link", "show", "vm-k9t"]).status.success());
+    let (code, err, left) = {
+        let cfg = config_with(
+            dir.path(),
+            "k9t",
+            &build_guest("poweroff", dir.path()).unwrap(),
+            "vm-k9t",
+            true,
+        );
+        let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
+        let left = ns.exec(&["ip", "link", "show", "vm-k9t"]).status.success();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            left,
+        )
+    };
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!left, "transient TAP left behind");
 }

@@ -38,15 +38,17 @@ pub struct InodeTable {
     map: HashMap<u64, InodeData>,
     by_key: HashMap<(u64, u64), u64>,
     next_id: u64,
+    max: usize,
 }
 
 impl InodeTable {
-    /// An empty table; node ids start after the root's.
-    pub fn new() -> Self {
+    /// An empty table holding at most `max` node ids; ids start after the root's.
+    pub fn new(max: usize) -> Self {
         Self {
             map: HashMap::new(),
             by_key: HashMap::new(),
             next_id: crate::abi::ROOT_ID + 1,
+            max,
         }
     }
 
@@ -61,8 +63,9 @@ impl InodeTable {
     }
 
     /// Records one more lookup of `data`'s file: reuses the node id when the same file (same
-    /// dev/ino and, when known, the same handle) is already known, else allocates one.
-    pub fn add_lookup(&mut self, data: InodeData) -> u64 {
+    /// dev/ino and, when known, the same handle) is already known, else allocates one;
+    /// None when that would exceed the table's bound.
+    pub fn add_lookup(&mut self, data: InodeData) -> Option<u64> {
         let key = (data.dev, data.ino);
         if let Some(&id) = self.by_key.get(&key) {
             if let Some(known) = self.map.get_mut(&id) {
@@ -70,9 +73,12 @@ impl InodeTable {
                     known.refcount += 1;
                     known.parent = data.parent;
                     known.name = data.name;
-                    return id;
+                    return Some(id);
                 }
             }
+        }
+        if self.map.len() >= self.max {
+            return None;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -84,7 +90,7 @@ impl InodeTable {
                 ..data
             },
         );
-        id
+        Some(id)
     }
 
     /// Updates where `id` was last seen (after a rename).
@@ -223,13 +229,26 @@ mod tests {
 
     #[test]
     fn inode_table_when_same_file_twice_then_one_id_until_forgotten() {
-        let mut t = InodeTable::new();
-        let a = t.add_lookup(data(5));
-        let b = t.add_lookup(data(5));
+        let mut t = InodeTable::new(16);
+        let a = t.add_lookup(data(5)).unwrap();
+        let b = t.add_lookup(data(5)).unwrap();
         assert_eq!(a, b);
         assert!(!t.forget(a, 1));
         assert!(t.forget(a, 1));
         assert_eq!(t.len(), 0);
         assert!(t.find(1, 5).is_none());
+    }
+
+    #[test]
+    fn inode_table_when_full_then_new_files_refused_known_ones_still_counted() {
+        let mut t = InodeTable::new(2);
+        let a = t.add_lookup(data(1)).unwrap();
+        t.add_lookup(data(2)).unwrap();
+        assert_eq!(t.add_lookup(data(3)), None);
+        assert_eq!(t.add_lookup(data(1)), Some(a));
+        assert!(!t.forget(a, 1));
+        assert!(t.forget(a, 1));
+        assert!(t.add_lookup(data(3)).is_some());
+        assert_eq!(t.len(), 2);
     }
 }

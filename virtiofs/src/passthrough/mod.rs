@@ -174,7 +174,7 @@ impl PassthroughFs {
             gid_map: opts.gid_map,
             max_handles: opts.max_handles,
             mount_fds: Mutex::new(std::collections::HashMap::new()),
-            inodes: Mutex::new(InodeTable::new()),
+            inodes: Mutex::new(InodeTable::new(opts.max_inodes)),
             fds: Mutex::new(FdCache::new(opts.fd_cache_size)),
             handles: Mutex::new(Handles {
                 map: std::collections::HashMap::new(),
@@ -297,15 +297,17 @@ impl PassthroughFs {
             // The root reached again (e.g. through a host bind mount): keep one id for it.
             ROOT_ID
         } else {
-            lock(&self.inodes).add_lookup(InodeData {
-                dev: st.st_dev,
-                ino: st.st_ino,
-                refcount: 1,
-                handle,
-                btime,
-                parent,
-                name: name.to_owned(),
-            })
+            lock(&self.inodes)
+                .add_lookup(InodeData {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    refcount: 1,
+                    handle,
+                    btime,
+                    parent,
+                    name: name.to_owned(),
+                })
+                .ok_or(libc::ENFILE)?
         };
         if id != ROOT_ID {
             lock(&self.fds).insert(id, fd);

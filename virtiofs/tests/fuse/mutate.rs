@@ -535,6 +535,24 @@ fn interrupt_when_sent_then_no_reply_and_server_keeps_serving() {
 }
 
 #[test]
+fn lookup_when_inode_cap_reached_then_enfile_for_new_files_and_forget_frees() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = ShareOptions::new(d.path(), false);
+    o.max_inodes = 2;
+    let f = Fuse::new(o);
+    for n in ["a", "b", "c"] {
+        fs::write(d.path().join(n), b"").unwrap();
+    }
+    let a = f.lookup(ROOT_ID, "a").unwrap();
+    f.lookup(ROOT_ID, "b").unwrap();
+    assert_eq!(f.lookup(ROOT_ID, "c").unwrap_err(), libc::ENFILE);
+    // Known files are still found (the count of lookups grows, not the table).
+    assert_eq!(f.lookup(ROOT_ID, "a").unwrap().nodeid, a.nodeid);
+    f.forget(a.nodeid, 2);
+    assert!(f.lookup(ROOT_ID, "c").is_ok());
+}
+
+#[test]
 fn handles_when_cap_reached_then_emfile_and_release_frees() {
     let d = tempfile::tempdir().unwrap();
     let mut o = ShareOptions::new(d.path(), false);
