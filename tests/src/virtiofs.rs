@@ -300,6 +300,18 @@ impl Daemon {
     }
 }
 
+/// A virtio-fs lab scenario: the guest side is [`GUEST_SCRIPT`], L1 gets `script` and the
+/// `fsprobe` helper; one emulator retry, hard timeout `timeout`.
+pub fn scenario(name: &str, script: &str, timeout: std::time::Duration) -> crate::Scenario {
+    let fsprobe = build_fsprobe().unwrap_or_else(|e| panic!("{e}"));
+    crate::Scenario::new(name)
+        .l2_script(GUEST_SCRIPT)
+        .script(script)
+        .executable(FSPROBE_L1, fsprobe)
+        .timeout(timeout)
+        .emulation_retries(1)
+}
+
 /// QEMU (q35) with one vhost-user-fs-pci device per share (memfd guest memory, shared).
 /// Not microvm: QEMU 10's microvm with ACPI (which Debian's kernel needs to find its
 /// virtio-mmio devices) never reaches the guest kernel under L1's KVM — no output at all,

@@ -9,17 +9,7 @@
 use std::time::Duration;
 
 use lab::virtiofs::{self, Daemon, SHARES};
-use lab::{Lab, Mode, Scenario};
-
-fn scenario(name: &str, script: &str) -> Scenario {
-    let fsprobe = virtiofs::build_fsprobe().unwrap_or_else(|e| panic!("{e}"));
-    Scenario::new(name)
-        .l2_script(virtiofs::GUEST_SCRIPT)
-        .script(script)
-        .executable(virtiofs::FSPROBE_L1, fsprobe)
-        .timeout(Duration::from_secs(900))
-        .emulation_retries(1)
-}
+use lab::{Lab, Mode};
 
 #[test]
 fn virtiofs_when_mixing_frontends_and_backends_then_store_mounts_and_checksums_match() {
@@ -57,7 +47,7 @@ fn virtiofs_when_mixing_frontends_and_backends_then_store_mounts_and_checksums_m
         &tags,
         "store,ro",
     );
-    let mut scenario = scenario("virtiofs-interop", &script)
+    let mut scenario = virtiofs::scenario("virtiofs-interop", &script, Duration::from_secs(900))
         .host_binary("/usr/bin/qemu-system-x86_64")
         .host_binary(upstream)
         .file("/lab/tup.json", tup_json.into_bytes());

@@ -89,16 +89,6 @@ fn reset_var() -> &'static str {
     "rm -rf /var/lib/microvms/vm1/var/* /var/lib/microvms/vm1/var/.[!.]*\n"
 }
 
-fn full_scenario(name: &str, script: &str) -> Scenario {
-    let fsprobe = virtiofs::build_fsprobe().unwrap_or_else(|e| panic!("{e}"));
-    Scenario::new(name)
-        .l2_script(virtiofs::GUEST_SCRIPT)
-        .script(script)
-        .executable(virtiofs::FSPROBE_L1, fsprobe)
-        .timeout(Duration::from_secs(1200))
-        .emulation_retries(1)
-}
-
 #[test]
 fn virtiofs_when_tinyvmm_embedded_server_then_store_ro_rw_escape_walk_and_kill9_hold() {
     let all: Vec<&str> = SHARES.iter().map(|s| s.tag).collect();
@@ -125,7 +115,7 @@ fn virtiofs_when_tinyvmm_embedded_server_then_store_ro_rw_escape_walk_and_kill9_
     let lab = Lab::new(Mode::Fast).unwrap_or_else(|e| panic!("{e}"));
     let out = lab
         .run(
-            &full_scenario("virtiofs-embedded-full", &script)
+            &virtiofs::scenario("virtiofs-embedded-full", &script, Duration::from_secs(1200))
                 .file(
                     "/lab/emb.json",
                     virtiofs::tinyvmm_config("emb", &shares, &all, full),

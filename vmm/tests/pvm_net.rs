@@ -166,9 +166,21 @@ fn run_when_tap_exists_in_namespace_then_device_attached_and_guest_runs() {
 fn run_on_missing_tap(name: &str, tap: &str, transient: bool) -> (Option<i32>, String, bool) {
     let ns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
-    let guest = build_guest("poweroff", dir.path()).unwrap();
-    let cfg = config_with(dir.path(), name, &guest, tap, transient);
-    let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
+    poweroff_on(&ns, dir.path(), name, tap, transient)
+}
+
+/// Runs a powering-off guest as `name` on `tap` in `ns`; returns the exit code, stderr, and
+/// whether `tap` exists afterwards.
+fn poweroff_on(
+    ns: &Netns,
+    dir: &Path,
+    name: &str,
+    tap: &str,
+    transient: bool,
+) -> (Option<i32>, String, bool) {
+    let guest = build_guest("poweroff", dir).unwrap();
+    let cfg = config_with(dir, name, &guest, tap, transient);
+    let out = output(&mut tinyvmm(ns, dir, &cfg));
     let left = ns.exec(&["ip", "link", "show", tap]).status.success();
     (
         out.status.code(),
@@ -248,16 +260,9 @@ fn run_when_previous_tinyvmm_was_sigkilled_then_its_persistent_tap_is_free_again
     let dir = tempfile::tempdir().unwrap();
     spin_then_kill9(&ns, dir.path(), "k9", "vm-k9", false);
     // The same VM on the same TAP: attached (not busy), runs and powers off.
-    let cfg = config(
-        dir.path(),
-        "k9",
-        &build_guest("poweroff", dir.path()).unwrap(),
-        "vm-k9",
-    );
-    let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(ns.exec(&["ip", "link", "show", "vm-k9"]).status.success());
+    let (code, err, left) = poweroff_on(&ns, dir.path(), "k9", "vm-k9", false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(left, "the persistent TAP stays");
 }
 
 #[test]
@@ -267,22 +272,7 @@ fn run_when_previous_tinyvmm_with_transient_tap_was_sigkilled_then_no_tap_is_lef
     spin_then_kill9(&ns, dir.path(), "k9t", "vm-k9t", true);
     // A non-persistent TAP lives as long as its file descriptor: the kernel removed it.
     assert!(!ns.exec(&["ip", "link", "show", "vm-k9t"]).status.success());
-    let (code, err, left) = {
-        let cfg = config_with(
-            dir.path(),
-            "k9t",
-            &build_guest("poweroff", dir.path()).unwrap(),
-            "vm-k9t",
-            true,
-        );
-        let out = output(&mut tinyvmm(&ns, dir.path(), &cfg));
-        let left = ns.exec(&["ip", "link", "show", "vm-k9t"]).status.success();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            left,
-        )
-    };
+    let (code, err, left) = poweroff_on(&ns, dir.path(), "k9t", "vm-k9t", true);
     assert_eq!(code, Some(0), "{err}");
     assert!(!left, "transient TAP left behind");
 }
